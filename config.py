@@ -1,0 +1,174 @@
+"""The tiny shared helper every script uses: a dataclass of defaults becomes a `--key=value` CLI.
+
+    python train_rm.py --steps=200 --device=cuda --preset=gpu
+
+Each script (train_rm.py, train_rl.py, evaluate.py, bench.py) declares `@dataclass class Config` with one
+knob per line and a comment saying why, plus an optional `PRESETS = {"cpu": {...}, "gpu": {...}}` of named
+overrides. `parse(Config, argv, PRESETS)` returns the filled dataclass. The rules (design.md):
+  --key=value      sets a field; the value is parsed by the field's type (int, float, str, bool, tuple)
+  --key            for a bool field means True; --key=false means False
+  --preset=NAME    applies a named set of defaults first; explicit flags always win
+  an unknown key   is an error that names the valid ones (a typo must never be silently ignored)
+
+Beside the CLI, two run-directory chores live here because every script needs them and they are about a
+run's configuration and files, not about any one stage: resolving `--device=auto`, and writing files and
+checkpoint directories atomically (write to a temporary name, then rename), so an interrupted run never
+leaves a half-written checkpoint where a good one was.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+
+import torch
+
+
+class ConfigError(SystemExit):
+    """A one-line user error. SystemExit so the CLI prints the message alone, never a traceback."""
+
+    def __init__(self, msg: str):
+        super().__init__(f"error: {msg}")
+
+
+def _convert(name: str, typ, text: str):
+    """Parse the string `text` as the field's type; a bad value is a one-line error naming the flag."""
+    typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ)  # string annotations
+    try:
+        if typ is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(float(text)) if "e" in text.lower() else int(text)  # allow --steps=1e3
+        if typ is float:
+            return float(text)
+        if typ in (tuple, "tuple") or str(typ).startswith("tuple"):
+            return tuple(float(x) if "." in x else int(x) for x in text.split(",") if x)
+        return text
+    except ValueError:
+        raise ConfigError(f"--{name}={text} is not a valid {getattr(typ, '__name__', typ)}") from None
+
+
+def parse(cls, argv=None, presets=None, positional_ok: bool = False):
+    """Build `cls` from `--key=value` flags (argv defaults to sys.argv[1:]).
+
+    Returns the dataclass, or `(dataclass, positional_args)` when positional_ok (evaluate's subcommands
+    take image paths)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    presets = presets or {}
+    overrides, positional, preset = {}, [], None
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not positional_ok:
+                raise ConfigError(f"unexpected argument '{arg}': flags look like --key=value")
+            positional.append(arg)
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if key == "preset":
+            if value not in presets:
+                raise ConfigError(f"unknown preset '{value}'; choose one of: {', '.join(presets) or 'none'}")
+            preset = value
+            continue
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '--{key}'; valid keys: --preset, {valid}")
+        typ = fields[key].type
+        if not eq:  # a bare --flag is only meaningful for booleans
+            if typ not in (bool, "bool"):
+                raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
+            value = "true"
+        overrides[key] = _convert(key, typ, value)
+    # Preset first, explicit flags last: `--preset=gpu --batch=8` means the gpu preset with batch 8.
+    values = {k: v for k, v in presets.get(preset, {}).items() if k in fields} if preset else {}
+    if preset and "preset" in fields:
+        values["preset"] = preset  # remembered in config.json
+    values.update(overrides)
+    cfg = cls(**values)
+    return (cfg, positional) if positional_ok else cfg
+
+
+def apply_preset(cfg, presets: dict, name: str):
+    """In-process twin of --preset=NAME for tests and evaluate: returns a copy with the preset applied."""
+    if name not in presets:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(presets)}")
+    return dataclasses.replace(cfg, **{k: v for k, v in presets[name].items() if hasattr(cfg, k)})
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` = CUDA when present, else CPU (design.md: device-agnostic from the first line)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device={name} but CUDA is not available here; use --device=cpu or auto")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Atomic writes: a checkpoint is either the old complete one or the new complete one, never half of each.
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON to path.tmp, then rename over path (rename is atomic on POSIX filesystems)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def save_config(cfg, out_dir: str) -> None:
+    """config.json: the exact knobs a run used (design.md), so it can be reproduced or compared."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "config.json"), dataclasses.asdict(cfg))
+
+
+def torch_save_atomic(obj, path: str) -> None:
+    """torch.save to a temporary file then rename. Resume state holds tensors, numbers, strings only."""
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(path: str):
+    """Yield a temporary directory; on success it replaces `path` (the old one is removed only after).
+
+    Usage: `with atomic_dir(out) as tmp: model.save_pretrained(tmp)`. If the body raises, `path` is untouched.
+    """
+    tmp, old = f"{path}.tmp", f"{path}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(path):
+        os.replace(path, old)  # two renames: there is always one complete copy on disk
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_kind(path: str, want: str, fix: str) -> dict:
+    """Read the JSON a checkpoint directory carries and check its `kind` ("rm" / "policy").
+
+    A missing directory or a wrong kind is a one-line error that says which command makes the right one."""
+    meta = os.path.join(path, f"{want}.json")
+    if not os.path.isdir(path):
+        raise ConfigError(f"'{path}' does not exist; make it with `{fix}`")
+    if not os.path.isfile(meta):
+        other = [k for k in ("rm", "policy") if k != want and os.path.isfile(os.path.join(path, f"{k}.json"))]
+        what = f"a {other[0]} checkpoint" if other else f"no {want}.json in it"
+        raise ConfigError(f"'{path}' is not a {want} checkpoint ({what}); make one with `{fix}`")
+    with open(meta) as f:
+        obj = json.load(f)
+    if obj.get("kind") != want:
+        raise ConfigError(f"'{path}' holds kind '{obj.get('kind')}', not '{want}'; make one with `{fix}`")
+    return obj
