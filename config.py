@@ -77,8 +77,8 @@ def parse(cls, argv=None, presets=None, positional_ok: bool = False):
             preset = value
             continue
         if key not in fields:
-            valid = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key '--{key}'; valid keys: --preset, {valid}")
+            valid = ", ".join(f"--{k}" for k in sorted(set(fields) | {"preset"}))
+            raise ConfigError(f"unknown config key '--{key}'; valid keys: {valid}")
         typ = fields[key].type
         if not eq:  # a bare --flag is only meaningful for booleans
             if typ not in (bool, "bool"):

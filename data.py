@@ -1,0 +1,439 @@
+"""Where the data comes from: images, HR→LR degradation, the SR-artifact zoo, masks and FGR triplets.
+
+    pool = load_pool("builtin", split="train")          # or a folder of HR images
+    hr = pool.crops(16, 64, g)                           # (16, 3, 64, 64) random HR crops in [0, 1]
+    lr = degrade(hr, strength=0.5, generator=g)          # (16, 3, 16, 16), Real-ESRGAN-style, ×4
+    batch = fgr_batch(pool, 16, 64, difficulty, g)       # the FGR triplets of method.md §2
+
+FGR-30k (method.md §2) is built by running HR images through degradation and several SR models, then
+pasting SR regions into the HR image (I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT) and labelling the result
+with the label function of metrics.py. We build the same thing on the fly, offline [ours]: the "SR models"
+are classical upsamplers, procedural artifact makers that imitate diffusion-SR failures, and — when one
+exists — samples of this project's own diffusion policy (the `sr_models` hook); SAM masks are replaced by
+SLIC superpixels plus random brush strokes, ellipses and rectangles, feathered at the edges.
+
+The built-in split (fixed, so numbers compare across runs): the held-out photos below are never trained on;
+evaluation and validation crop only them.
+"""
+
+import glob
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from config import ConfigError
+from metrics import label_map
+
+SCALE = 4  # ×4 super-resolution throughout (method.md §6)
+TRAIN_PHOTOS = ("astronaut", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
+TRAIN_GRAY = ("camera", "brick", "grass", "gravel", "coins")  # texture-rich grey photos, used as RGB
+HELDOUT_PHOTOS = ("chelsea", "coffee", "rocket")  # validation / evaluation only, never trained on
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Image sources
+
+
+def to_rgb_float(img: Image.Image) -> torch.Tensor:
+    """Any Pillow image → (3, H, W) float RGB in [0, 1]. Grey, RGBA, palette and 16-bit are converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: rescale by the real bit depth
+        a = np.asarray(img, dtype=np.float32)
+        a = a / (65535.0 if a.max() > 255 else 255.0)
+        a = np.repeat(a[..., None], 3, axis=2)
+    else:
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")  # composite transparency on white: what a viewer would show
+            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(bg, img)
+        a = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).clamp(0, 1)
+
+
+def _builtin(split: str) -> list[torch.Tensor]:
+    import skimage.data as skd  # imported here: only the built-in source needs it
+
+    names = HELDOUT_PHOTOS if split != "train" else TRAIN_PHOTOS + TRAIN_GRAY
+    out = []
+    for n in names:
+        a = getattr(skd, n)()
+        a = a[0] if isinstance(a, tuple) else a  # stereo_motorcycle returns (left, right, disparity)
+        a = np.repeat(a[..., None], 3, 2) if a.ndim == 2 else a[..., :3]
+        out.append(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0)
+    return out
+
+
+def _folder(path: str) -> list[torch.Tensor]:
+    files = sorted(
+        f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.lower().endswith(IMAGE_EXTS)
+    )
+    out, bad = [], []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                out.append(to_rgb_float(im))
+        except Exception:  # a corrupt or unsupported file: skip it, warn once below
+            bad.append(os.path.relpath(f, path))
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {path}: {', '.join(bad)}", stacklevel=2)
+    return out
+
+
+def load_images(data: str = "builtin", split: str = "train") -> list[torch.Tensor]:
+    """The HR images of a source, each (3, H, W) in [0, 1]: 'builtin' (split-aware) or a folder."""
+    if data == "builtin":
+        return _builtin(split)
+    if not os.path.isdir(data):
+        raise ConfigError(f"--data={data}: not 'builtin' and not a folder; give a folder of HR images")
+    imgs = _folder(data)
+    if not imgs:
+        raise ConfigError(f"no usable image in {data}: put PNG/JPEG/WebP/BMP/TIFF HR images there")
+    return imgs
+
+
+def _segments(img: torch.Tensor, px: int = 160) -> torch.Tensor:
+    """SLIC superpixels (the SAM stand-in), ~px pixels each, computed once per image at load time.
+
+    Run on a 2× downscaled copy (4× cheaper; masks need no pixel-exact boundaries), labels upsampled back."""
+    from skimage.segmentation import slic
+
+    small = F.avg_pool2d(img[None], 2)[0] if min(img.shape[-2:]) >= 128 else img
+    f = img.shape[-1] / small.shape[-1]
+    n = max(8, int(small.shape[-2] * small.shape[-1] * f * f / px))
+    lab = slic(small.permute(1, 2, 0).numpy(), n_segments=n, compactness=10, start_label=0, max_num_iter=5)
+    lab = torch.from_numpy(lab).float()[None, None]
+    return F.interpolate(lab, size=img.shape[-2:], mode="nearest")[0, 0].long()
+
+
+class ImagePool:
+    """A set of HR images (with their superpixels) to draw random crops from, plus procedural images."""
+
+    def __init__(self, images: list[torch.Tensor], crop: int, procedural: float = 0.0, name: str = ""):
+        ok = [im for im in images if min(im.shape[-2:]) >= crop]
+        if not ok:
+            sizes = ", ".join(f"{im.shape[-1]}x{im.shape[-2]}" for im in images[:5])
+            raise ConfigError(
+                f"all images in {name or 'the source'} are smaller than the {crop}px crop "
+                f"({sizes}); use larger images or a smaller --crop"
+            )
+        self.images, self.crop, self.procedural = ok, crop, procedural
+        self.segments = [_segments(im) for im in ok]
+
+    def crops(self, n: int, size: int, g: torch.Generator, with_segments: bool = False):
+        """n random (3, size, size) crops; a `procedural` share of them are synthetic images instead."""
+        k = torch.randint(len(self.images), (n,), generator=g).tolist()
+        out, segs = [], []
+        for i in k:  # slicing views: cheap, and the images have different sizes so cannot be stacked
+            im = self.images[i]
+            y = int(torch.randint(im.shape[-2] - size + 1, (1,), generator=g))
+            x = int(torch.randint(im.shape[-1] - size + 1, (1,), generator=g))
+            out.append(im[:, y : y + size, x : x + size])
+            segs.append(self.segments[i][y : y + size, x : x + size])
+        hr, seg = torch.stack(out), torch.stack(segs)
+        if self.procedural > 0:
+            use = torch.rand(n, generator=g) < self.procedural
+            if use.any():
+                hr[use] = procedural_images(int(use.sum()), size, g)
+                seg[use] = _grid_segments(int(use.sum()), size)  # no natural segments: a 4×4 grid
+        return (hr, seg) if with_segments else hr
+
+
+def load_pool(data="builtin", split="train", crop=64, procedural=None) -> ImagePool:
+    """An ImagePool of a source. Procedural images join the built-in training split only (30 %)."""
+    if procedural is None:
+        procedural = 0.3 if (data == "builtin" and split == "train") else 0.0
+    return ImagePool(load_images(data, split), crop, procedural, name=data)
+
+
+def _grid_segments(n: int, size: int, cells: int = 4) -> torch.Tensor:
+    idx = torch.arange(size) * cells // size
+    return (idx[:, None] * cells + idx[None, :]).expand(n, size, size).clone()
+
+
+def procedural_images(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """Synthetic HR images with known structure: gradients, stripes, checkerboards, disks, band-limited noise
+    and strokes, each in random colours, all computed batched. Sharp edges and fine periodic texture are
+    exactly where SR blurs or invents detail, so they sharpen the reward model's eye."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731  (uniform draws from the one generator)
+    c0, c1 = r(n, 3, 1, 1), r(n, 3, 1, 1)  # two colours per image
+    th = r(n, 1, 1) * np.pi
+    u = xx * th.cos() + yy * th.sin()  # a random direction for gradients and stripes
+    freq = 2 + r(n, 1, 1) * 14
+    grad = u.clamp(0, 1)
+    stripes = (torch.sin(2 * np.pi * freq * u) > 0).float()
+    cells = 2 + (r(n, 1, 1) * 10).floor()
+    checker = (((xx * cells).floor() + (yy * cells).floor()) % 2).float()
+    cx, cy, rad = r(n, 1, 1), r(n, 1, 1), 0.1 + 0.3 * r(n, 1, 1)
+    disk = (((xx - cx) ** 2 + (yy - cy) ** 2) < rad**2).float()
+    noise = F.interpolate(r(n, 1, 8, 8), size=(size, size), mode="bicubic", align_corners=False)[:, 0]
+    noise = (
+        F.interpolate(r(n, 1, size // 4, size // 4), size=(size, size), mode="bilinear", align_corners=False)[
+            :, 0
+        ]
+        * 0.5
+        + noise * 0.5
+    )  # band-limited texture
+    stroke = (torch.sin(2 * np.pi * (freq / 4) * (xx + 0.3 * torch.sin(6 * yy + th))) > 0.8).float()
+    kinds = torch.stack([grad, stripes, checker, disk, noise.clamp(0, 1), stroke], 1)  # (n, 6, S, S)
+    pick = torch.randint(6, (n,), generator=g)
+    t = kinds[torch.arange(n), pick].unsqueeze(1)  # (n, 1, S, S) in [0, 1]
+    return (c0 + (c1 - c0) * t).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# HR → LR degradation (×4): a compact Real-ESRGAN-style two-stage pipeline
+
+
+def _pil(x: torch.Tensor) -> Image.Image:
+    return Image.fromarray((x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Pillow's antialiased bicubic on the uint8 image: the classical SR protocol's downsampler."""
+    return to_rgb_float(_pil(x).resize((w, h), Image.BICUBIC))
+
+
+def _blur_kernel(sigma_x: float, sigma_y: float, theta: float, k: int = 11) -> torch.Tensor:
+    """An anisotropic Gaussian kernel (isotropic when sigma_x == sigma_y), normalised to sum 1."""
+    ax = torch.arange(k, dtype=torch.float32) - k // 2
+    yy, xx = torch.meshgrid(ax, ax, indexing="ij")
+    c, s = np.cos(theta), np.sin(theta)
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    ker = torch.exp(-0.5 * ((u / sigma_x) ** 2 + (v / sigma_y) ** 2))
+    return ker / ker.sum()
+
+
+def _degrade_one(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    """One image through blur → random resize → noise → JPEG, twice (the second stage milder), then the
+    final resize to 1/4. All random draws come from `g`, so the result is a pure function of the seed."""
+    H, W = x.shape[-2:]
+    r = lambda: float(torch.rand((), generator=g))  # noqa: E731
+    for stage_s in (strength, 0.5 * strength):
+        sx, sy = 0.2 + 2.8 * stage_s * r(), 0.2 + 2.8 * stage_s * r()
+        if r() < 0.5:
+            sy = sx  # half the kernels isotropic, as in Real-ESRGAN
+        ker = _blur_kernel(sx, sy, np.pi * r()).to(x)
+        x = F.conv2d(F.pad(x[None], (5, 5, 5, 5), mode="reflect"), ker.expand(3, 1, 11, 11), groups=3)[0]
+        f = 1 + stage_s * (r() - 0.5)  # random resize by up to ±50 % at full strength
+        h, w = max(8, round(x.shape[-2] * f)), max(8, round(x.shape[-1] * f))
+        x = _resize(x, h, w)
+        if r() < 0.5:  # Gaussian noise, colour or grey
+            sig = 25 / 255 * stage_s * r()
+            n = torch.randn(x.shape if r() < 0.6 else (1, *x.shape[1:]), generator=g)
+            x = x + sig * n
+        else:  # Poisson (shot) noise: variance grows with brightness
+            peak = 10 ** (3.5 - 2.0 * stage_s * r())  # photons at white; fewer = noisier
+            x = torch.poisson(x.clamp(0, 1) * peak, generator=g) / peak
+        q = int(95 - 65 * stage_s * r())  # JPEG quality 95 … 30
+        buf = __import__("io").BytesIO()
+        _pil(x).save(buf, format="JPEG", quality=q)
+        x = to_rgb_float(Image.open(buf))
+    return _resize(x, H // SCALE, W // SCALE)
+
+
+def degrade(
+    hr: torch.Tensor, strength: float = 0.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """HR (B, 3, H, W) → LR (B, 3, H/4, W/4) in [0, 1], on the input device.
+
+    strength 0 is plain bicubic downsampling with antialiasing of the uint8 image (Pillow's BICUBIC), the
+    classical SR test protocol; strength 1 the full Real-ESRGAN-like ranges. Runs on the CPU (Pillow does the
+    resizes and JPEG), one image at a time: it is data preparation, not the training step."""
+    if hr.shape[-1] % SCALE or hr.shape[-2] % SCALE:
+        raise ValueError(f"degrade: HR size {tuple(hr.shape[-2:])} must be a multiple of {SCALE}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    x = hr.detach().float().cpu()
+    H, W = x.shape[-2:]
+    if strength <= 0:
+        out = [_resize(im, H // SCALE, W // SCALE) for im in x]
+    else:
+        out = [_degrade_one(im, strength, g) for im in x]
+    return torch.stack(out).to(hr.device)
+
+
+def upsample(lr: torch.Tensor, mode: str = "bicubic") -> torch.Tensor:
+    """×4 classical upsampling in torch (batched, differentiable, on the input's device)."""
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(lr, scale_factor=SCALE, mode=mode, **kw).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The SR zoo: stand-ins for "several diffusion SR models" (method.md §2) [ours]. Each maker takes the HR
+# batch, its LR and a strength in [0, 1] and returns an SR-like image with that model's typical failure.
+
+
+def _gauss(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    k = int(2 * round(3 * sigma) + 1)
+    ax = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
+    w = torch.exp(-0.5 * (ax / sigma) ** 2)
+    w = (w / w.sum()).view(1, 1, 1, k)
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="reflect"), w.expand(c, 1, 1, k), groups=c)
+    return F.conv2d(
+        F.pad(x, (0, 0, k // 2, k // 2), mode="reflect"), w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c
+    )
+
+
+def _edges(x: torch.Tensor) -> torch.Tensor:
+    """Local edge strength in [0, 1], (B, 1, H, W): where diffusion models tend to paint and ring."""
+    y = x.mean(1, keepdim=True)
+    e = (y - _gauss(y, 1.0)).abs()
+    return (_gauss(e, 1.0) / 0.05).clamp(0, 1)
+
+
+def _texture(hr, lr, s, g):  # hallucinated high-frequency texture: invented detail, strongest off-edge
+    n = torch.randn(hr.shape[0], 1, *hr.shape[-2:], generator=g).to(hr)
+    n = n - _gauss(n, 0.8)  # high-pass: fine grain, like a diffusion model's invented fur or foliage
+    return hr + 0.15 * s * n * (1.2 - _edges(hr))
+
+
+def _halo(hr, lr, s, g):  # over-sharpening: unsharp masking with a wide kernel rings around edges
+    return hr + 3.0 * s * (hr - _gauss(hr, 2.0))
+
+
+def _paint(hr, lr, s, g):  # painterly smoothing: detail washed out into flat, posterised patches
+    levels = 4 + (1 - s) * 12  # fewer grey levels at higher strength
+    sm = torch.lerp(_gauss(hr, 0.7), _gauss(hr, 2.0), s)  # per-sample blur width via a blend
+    return (sm * levels).round() / levels
+
+
+def _colour(hr, lr, s, g):  # colour-shift blotches: low-frequency hue errors
+    B, _, H, W = hr.shape
+    field = torch.rand(B, 3, 4, 4, generator=g).to(hr) - 0.5
+    field = F.interpolate(field, size=(H, W), mode="bicubic", align_corners=False)
+    return hr + 0.5 * s * (field - field.mean(1, keepdim=True))
+
+
+def _checker(hr, lr, s, g):  # checkerboard: the transposed-convolution artifact, on structured regions
+    H, W = hr.shape[-2:]
+    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    cb = (((ii + jj) % 2) * 2 - 1).float().to(hr)
+    return hr + 0.25 * s * cb * (0.3 + _edges(hr))
+
+
+def _classical(mode):
+    return lambda hr, lr, s, g: upsample(lr, mode)
+
+
+ZOO = {
+    "nearest": _classical("nearest"),
+    "bilinear": _classical("bilinear"),
+    "bicubic": _classical("bicubic"),
+    "texture": _texture,
+    "halo": _halo,
+    "paint": _paint,
+    "colour": _colour,
+    "checker": _checker,
+}
+
+
+def sr_zoo(hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3) -> torch.Tensor:
+    """I_SR for a batch: each sample gets one zoo member (classical with p_classical, else procedural or a
+    hook). `sr_models` is the hook: extra makers f(hr, lr, strength, g) -> sr, e.g. a trained policy's
+    sampler (wired up in train_rm.py --policy), mixed in as equal members of the procedural group.
+
+    The LR image (HR degraded with `lr_strength`) is made only for the samples whose maker reads it (the
+    classical upsamplers and hooks): degradation runs in Pillow and is the costliest part of the data.
+    One call per member over the samples that drew it: a loop over ≤ 10 makers, not over samples."""
+    classical = [ZOO["nearest"], ZOO["bilinear"], ZOO["bicubic"]]
+    procedural = [v for k, v in ZOO.items() if k not in ("nearest", "bilinear", "bicubic")]
+    hooks = list(sr_models or [])
+    makers = classical + procedural + hooks
+    reads_lr = [True] * 3 + [False] * len(procedural) + [True] * len(hooks)
+    B = hr.shape[0]
+    is_cls = torch.rand(B, generator=g) < p_classical
+    pick = torch.where(
+        is_cls,
+        torch.randint(3, (B,), generator=g),
+        3 + torch.randint(len(procedural) + len(hooks), (B,), generator=g),
+    )
+    s = strength * (0.5 + 0.5 * torch.rand(B, generator=g))  # per-sample strength in [s/2, s]
+    out = torch.empty_like(hr)
+    for m in pick.unique().tolist():
+        idx = (pick == m).nonzero().squeeze(1)
+        lr = degrade(hr[idx], lr_strength, g) if reads_lr[m] else None
+        sm = s[idx].view(-1, 1, 1, 1).to(hr)
+        out[idx] = makers[m](hr[idx], lr, sm, g).to(hr)
+    return out.clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Masks: where the SR region is pasted into the HR image (method.md §2)
+
+
+def random_masks(n, size, area, g, segments=None, feather=1.5) -> torch.Tensor:
+    """(n, 1, size, size) soft masks in [0, 1] covering ~`area` of the image, feathered at the edges.
+
+    Each sample draws one kind: an ellipse, a rectangle, a brush stroke, or (when segments are given)
+    a union of superpixels — the SAM stand-in. All kinds are computed batched and one is selected."""
+    r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    A = area * (0.5 + r(n, 1, 1)) * size * size  # target pixels, jittered ×0.5…1.5
+    cy, cx = r(n, 1, 1) * size, r(n, 1, 1) * size
+    asp = 0.4 + 1.2 * r(n, 1, 1)  # aspect ratio
+    th = r(n, 1, 1) * np.pi
+    u = (xx - cx) * th.cos() + (yy - cy) * th.sin()
+    v = -(xx - cx) * th.sin() + (yy - cy) * th.cos()
+    a = (A / (np.pi * asp)).sqrt()
+    ellipse = (u / (a * asp)) ** 2 + (v / a) ** 2 <= 1
+    rect = (u.abs() <= (A * asp).sqrt() / 2) & (v.abs() <= (A / asp).sqrt() / 2)
+    # brush stroke: 8 disks along a random walk, radius set so the stroke covers ~A pixels
+    steps = (r(n, 8, 2) - 0.5) * size * 0.25
+    pts = torch.stack([cx, cy], -1).view(n, 1, 2) + steps.cumsum(1)
+    rad = (A.view(n, 1) / (8 * np.pi)).sqrt().clamp(min=2) * 1.6
+    d2 = (xx[None, None] - pts[..., 0, None, None]) ** 2 + (yy[None, None] - pts[..., 1, None, None]) ** 2
+    stroke = (d2 <= rad[..., None, None] ** 2).any(1)
+    kinds = [ellipse, rect, stroke]
+    if segments is not None:  # superpixels: add random segments until the target area is reached
+        seg = segments.long()
+        order = torch.rand(n, int(seg.max()) + 1, generator=g).argsort(1)  # random segment ranking
+        rank = torch.gather(order.argsort(1), 1, seg.view(n, -1)).view_as(seg).float()  # rank of each px
+        cnt = torch.zeros(n, order.shape[1]).scatter_add_(1, seg.view(n, -1), torch.ones(n, size * size))
+        cum = torch.gather(cnt, 1, order).cumsum(1)  # pixels covered after taking the first j segments
+        k = (cum < A.view(n, 1)).sum(1, keepdim=True)  # how many segments to take
+        kinds.append(rank <= k.view(n, 1, 1).float())
+    pick = torch.randint(len(kinds), (n,), generator=g)
+    m = torch.stack(kinds, 1)[torch.arange(n), pick].float().unsqueeze(1)
+    return _gauss(m, feather).clamp(0, 1) if feather > 0 else m
+
+
+# ----------------------------------------------------------------------------------------------------
+# FGR triplets: (I_GT, I_syn, I_SR, M_gt) — the reward model's training data (method.md §2)
+
+
+@dataclass
+class Difficulty:
+    """How hard a batch of triplets is (curriculum.py sets it per RM stage)."""
+
+    area: float = 0.2  # mean share of the image the SR region covers (smaller = harder to find)
+    artifact: float = 1.0  # strength of the procedural artifacts (smaller = subtler)
+    degrade: float = 0.5  # maximum LR degradation strength (the LR feeds the classical upsamplers)
+
+
+def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu") -> dict:
+    """A batch of FGR triplets as a dict of tensors on `device`:
+    gt, syn, sr (n, 3, S, S); mask, dmap_syn, dmap_sr (n, 1, S, S); gold_gt, gold_syn, gold_sr (n,)."""
+    hr, seg = pool.crops(n, size, g, with_segments=True)
+    lr_strength = diff.degrade * float(torch.rand((), generator=g))  # one LR strength per batch
+    hr = hr.to(device)
+    sr = sr_zoo(hr, diff.artifact, g, lr_strength, sr_models)
+    mask = random_masks(n, size, diff.area, g, segments=seg).to(device)
+    syn = mask * sr + (1 - mask) * hr  # I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT
+    dmap_syn, dmap_sr = label_map(syn, hr), label_map(sr, hr)
+    return {
+        "gt": hr,
+        "syn": syn,
+        "sr": sr,
+        "mask": mask,
+        "dmap_syn": dmap_syn,
+        "dmap_sr": dmap_sr,
+        "gold_gt": torch.ones(n, device=device),  # M(I_GT; I_GT) = 0 exactly, so its quality is 1
+        "gold_syn": 1 - dmap_syn.mean((1, 2, 3)),
+        "gold_sr": 1 - dmap_sr.mean((1, 2, 3)),
+    }

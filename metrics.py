@@ -1,0 +1,171 @@
+"""How we measure: the label function (the FGR labels *and* the gold judge) and PSNR / SSIM on Y.
+
+The label function is the paper's label map (method.md §2):
+
+    M_gt = Normalize( α · |I − I_ref|_1  +  (1 − α) · d_φ(I, I_ref) )          per pixel, in [0, 1]
+
+It is full-reference: it needs the HR image. The reward models never see HR when they score, so the
+same function doubles as the *gold judge* of the toy world ("The honest toy world", method.md): when a
+policy's reward goes up while this map does not go down, the policy is hacking the reward.
+
+    from metrics import label_map, gold_quality, psnr_y, ssim_y
+    M = label_map(sr, hr)        # (B, 1, H, W) in [0, 1], higher = more degraded
+    q = gold_quality(sr, hr)     # (B,) = 1 − mean(M), higher = better
+    psnr_y(sr, hr), ssim_y(sr, hr)   # (B,) each, the classical SR protocol (Y channel, border = scale)
+
+Everything is batched torch, differentiable and device-agnostic: RL calls it every step.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------
+# The fixed, training-free feature φ [ours, method.md §2]. The paper uses DINOv3 features; offline we use
+# multi-scale *texture energy*: at scales 1, 2, 4 the local amplitude of four oriented derivatives
+# (horizontal, vertical, two diagonals) and of the local contrast. Compared per feature with the
+# SSIM-style contrast term, d = (a − b)² / (a² + b² + c), this sees what pixel error alone misses:
+# texture that was lost (blur: a → 0 gives d → 1) and texture that was invented (b ≈ 0, a > 0 gives d → 1),
+# while a texture reproduced with a small shift (large pixel error, same energy) is judged mildly.
+# Why not 1 − cos of the whole vector, as the paper does with DINO? Cosine is blind to a uniform loss of
+# energy (a blurred patch has the same *direction* of gradient energies), so blur would go unseen.
+
+SCALES = (1, 2, 4)  # pixel scales at which texture energy is measured (×4 SR artifacts live at 1–4 px)
+ENERGY_C = 0.02**2  # c: energies below ~0.02 (≈ 5/255 amplitude) count as "no texture", so noise floors
+# and JPEG-level differences do not register as strong feature distance
+
+# The four oriented derivative filters (2×2 support, so a one-pixel checkerboard registers on diagonals).
+_KERNELS = torch.tensor(
+    [
+        [[-1.0, 1.0], [0.0, 0.0]],  # horizontal derivative
+        [[-1.0, 0.0], [1.0, 0.0]],  # vertical derivative
+        [[-1.0, 0.0], [0.0, 1.0]],  # diagonal ↘
+        [[0.0, -1.0], [1.0, 0.0]],  # diagonal ↙
+    ]
+).unsqueeze(1)  # (4, 1, 2, 2)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma in [0, 1], (B, 1, H, W). Texture is mostly a luminance phenomenon."""
+    w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def texture_energy(x: torch.Tensor) -> torch.Tensor:
+    """φ(x): (B, 5·len(SCALES), H, W) local amplitudes (≥ 0) of oriented derivatives and contrast.
+
+    At scale s the luma is box-averaged by s, differentiated, squared, averaged over a 3×3 neighbourhood
+    (a "local energy"), square-rooted back to an amplitude and upsampled to H, W. All batched convs.
+    """
+    y = _luma(x)
+    H, W = y.shape[-2:]
+    feats = []
+    k = _KERNELS.to(y)
+    for s in SCALES:
+        ys = F.avg_pool2d(y, s) if s > 1 else y
+        d = F.conv2d(F.pad(ys, (0, 1, 0, 1), mode="replicate"), k)  # (B, 4, h, w) oriented derivatives
+        mu = F.avg_pool2d(ys, 3, 1, 1, count_include_pad=False)  # local mean for the contrast feature
+        var = F.avg_pool2d((ys - mu) ** 2, 3, 1, 1, count_include_pad=False)
+        e = torch.cat([F.avg_pool2d(d**2, 3, 1, 1, count_include_pad=False), var], 1)
+        e = (e + 1e-12).sqrt()  # amplitudes; the epsilon keeps the gradient of sqrt finite at 0
+        if s > 1:
+            e = F.interpolate(e, size=(H, W), mode="bilinear", align_corners=False)
+        feats.append(e)
+    return torch.cat(feats, 1)
+
+
+def feature_distance(x: torch.Tensor, ref: torch.Tensor, phi: nn.Module | None = None) -> torch.Tensor:
+    """d_φ(x, ref) per pixel, (B, 1, H, W) in [0, 1].
+
+    Default φ: texture energy with the per-feature contrast comparison above. A user network φ (e.g. a
+    DINOv2/v3 backbone the user loaded from a local path, wrapped to return (B, C, h, w) features) gets the
+    paper's literal form, 1 − cos(φ(x), φ(ref)) per location, upsampled to the image size.
+    """
+    if phi is not None:
+        fx, fr = phi(x), phi(ref)
+        d = 1 - F.cosine_similarity(fx, fr, dim=1, eps=1e-6).unsqueeze(1)  # (B, 1, h, w) in [0, 2]
+        d = (d / 2).clamp(0, 1)
+        return F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    a, b = texture_energy(x), texture_energy(ref)
+    return ((a - b) ** 2 / (a**2 + b**2 + ENERGY_C)).mean(1, keepdim=True)
+
+
+# Normalize [ours]: one fixed dataset-level constant, never per-image min-max, so that "0.3" means the same
+# amount of degradation in every image and a clean image really gets ~0. Calibrated once (2026-11-26):
+# 512 random 64×64 crops of the built-in training split, each through all 8 members of data.py's SR zoo at
+# full strength (classical upsamplers from clean bicubic LR); NORM is the 95th percentile of the raw
+# per-pixel value over all of them (0.34), so strong artifacts approach 1 while a bicubic ×4 upsample
+# averages ~0.25 and sensor-level noise (σ = 2/255) ~0.02.
+NORM = 0.34
+ALPHA = 0.5  # α: weight of the pixel term; the paper's ablation says pixel + feature beats pixel alone
+SMOOTH = 3  # the raw map is averaged over 3×3 pixels: "per location", so single-pixel noise stays small
+
+
+def label_map(
+    x: torch.Tensor, ref: torch.Tensor, alpha: float = ALPHA, phi: nn.Module | None = None
+) -> torch.Tensor:
+    """The label function M(x; ref), (B, 1, H, W) in [0, 1], higher = more degraded (method.md §2).
+
+    alpha = 1 gives the pixel term alone (evaluate.py uses it as a judge the reward models never saw)."""
+    if x.shape != ref.shape:
+        raise ValueError(
+            f"label_map: image {tuple(x.shape)} and reference {tuple(ref.shape)} differ in shape"
+        )
+    pix = (x - ref).abs().mean(1, keepdim=True)  # |I − I_ref|_1 per pixel, averaged over RGB
+    raw = alpha * pix
+    if alpha < 1:
+        raw = raw + (1 - alpha) * feature_distance(x, ref, phi)
+    raw = F.avg_pool2d(raw, SMOOTH, 1, SMOOTH // 2, count_include_pad=False)
+    return (raw / NORM).clamp(0, 1)
+
+
+def gold_quality(x: torch.Tensor, ref: torch.Tensor, **kw) -> torch.Tensor:
+    """The gold global quality, (B,) in [0, 1]: 1 − mean(M). Higher = better, like the RM's score."""
+    return 1 - label_map(x, ref, **kw).mean((1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------------
+# PSNR / SSIM, the classical SR protocol: on the Y channel of YCbCr (BT.601, studio range 16–235), with a
+# border of `crop` = scale pixels removed, SSIM with an 11×11 Gaussian window of σ = 1.5 (Wang et al. 2004).
+# Pinned to scikit-image in tests/test_metrics.py.
+
+
+def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
+    """RGB [0, 1] → Y in [16, 235] (on the 0–255 scale), (B, 1, H, W). The MATLAB rgb2ycbcr formula."""
+    w = x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
+    return 16.0 + (x * w).sum(1, keepdim=True)
+
+
+def _crop(y: torch.Tensor, crop: int) -> torch.Tensor:
+    return y[..., crop:-crop, crop:-crop] if crop > 0 else y
+
+
+def psnr_y(x: torch.Tensor, ref: torch.Tensor, crop: int = 4) -> torch.Tensor:
+    """PSNR on Y in dB, (B,). Differentiable. 255 is the peak because Y is on the 0–255 scale."""
+    mse = ((_crop(rgb_to_y(x), crop) - _crop(rgb_to_y(ref), crop)) ** 2).mean((1, 2, 3))
+    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5, like: torch.Tensor | None = None) -> torch.Tensor:
+    g = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(g**2) / (2 * sigma**2))
+    g = (g / g.sum()).to(like) if like is not None else g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim_map_y(x: torch.Tensor, ref: torch.Tensor, crop: int = 4) -> torch.Tensor:
+    """The SSIM map on Y, (B, 1, H', W'): 'valid' windows only, as scikit-image averages them."""
+    a, b = _crop(rgb_to_y(x), crop), _crop(rgb_to_y(ref), crop)
+    win = _gaussian_window(like=a)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # K1, K2 of Wang et al. with L = 255
+    mu_a, mu_b = F.conv2d(a, win), F.conv2d(b, win)
+    # Population (not sample) covariances, as in the original SSIM (use_sample_covariance=False).
+    s_aa = F.conv2d(a * a, win) - mu_a**2
+    s_bb = F.conv2d(b * b, win) - mu_b**2
+    s_ab = F.conv2d(a * b, win) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2))
+
+
+def ssim_y(x: torch.Tensor, ref: torch.Tensor, crop: int = 4) -> torch.Tensor:
+    """Mean SSIM on Y, (B,). Differentiable."""
+    return ssim_map_y(x, ref, crop).mean((1, 2, 3))
