@@ -19,6 +19,16 @@ ARTIFACT = (1.0, 0.5)  # zoo artifact strength, first stage → last stage
 DEGRADE = 0.5  # LR degradation range is the same for all stages: it is not what the stages differ in
 
 
+# The reward models' validation set uses one fixed difficulty, the middle of the curriculum, so every stage
+# is scored on the same data: neither RM_0's easy triplets nor RM_N's hardest ones.
+VAL_AREA, VAL_ARTIFACT = (AREA[0] + AREA[1]) / 2, (ARTIFACT[0] + ARTIFACT[1]) / 2
+
+
+def val_difficulty() -> Difficulty:
+    """The fixed difficulty of the held-out validation triplets (train_rm.py's per-stage table)."""
+    return Difficulty(area=VAL_AREA, artifact=VAL_ARTIFACT, degrade=DEGRADE)
+
+
 def rm_difficulty(stage: int, n_stages: int) -> Difficulty:
     """Difficulty of reward-model stage `stage` (0 … n_stages), linear between the endpoints above."""
     if not 0 <= stage <= n_stages:

@@ -1,0 +1,343 @@
+"""FinPercep-RM: a fine-grained perceptual reward model for image super-resolution (method.md §1, §3, §5).
+
+    from rm import RMConfig, make_rm, grow, rm_losses, reward, save_rm, load_rm
+    rm = make_rm(RMConfig(stage=0))             # RM_0: a plain global IQA, no decoder
+    rm = grow(rm)                               # RM_1: + the coarsest decoder level and a map
+    score, dmap = rm(images)                    # images (B, 3, H, W) in [0, 1]
+
+Contract (design.md): `forward(images) -> (score, dmap)`, score (B,) in [0, 1] with higher = better,
+dmap (B, 1, H, W) in [0, 1] with higher = more degraded, or None at stage 0. H and W must be
+multiples of the encoder's total stride, 2**n_stages (8 by default); `rm.stride` says which.
+
+The model in one picture (N = n_stages = 3, widths (16, 32, 64, 96)):
+
+    image ─stem─▶ f_0 (1/1, 16) ─▶ f_1 (1/2, 32) ─▶ f_2 (1/4, 64) ─▶ f_3 = f_N (1/8, 96) = d_0
+    decoder level j = 1 … stage, at the size of f_{N-j}: d_j = convs(up2(lateral(d_{j-1})) + f_{N-j})
+    logits z_j = up2(z_{j-1}) + head_j(d_j)   (z_1 = head_1(d_1)), at 1/2**(N-j) of the input
+    dmap = sigmoid(up2 ∘ … ∘ up2 (z_stage))   to the input size
+    score = sigmoid(MLP([pool(f_N), pool(f_N ⊙ area_resize(dmap, f_N))]))
+
+Stage k has exactly the modules it uses: decoder levels 1..k, map heads 1..k, and the map-pooled
+input of the score MLP from k >= 1 on. `grow` adds the next ones, initialised so the new model
+computes what the old one did (progressive parameter expansion, method.md §5).
+"""
+
+import dataclasses
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from config import ConfigError, atomic_dir, read_kind, write_json
+
+
+@dataclasses.dataclass
+class RMConfig:
+    widths: tuple = (16, 32, 64, 96)  # stem, then one per stride-2 level: 0.22M (RM_0)..0.34M (RM_3) params
+    n_stages: int = 3  # N: stride-2 levels = decoder levels = curriculum stages after RM_0
+    stage: int = 0  # k in 0..N: RM_k has k decoder levels; its map is at 1/2**(N-k) of the input
+    hidden: int = 128  # width of the score MLP's hidden layer
+    groups: int = 8  # GroupNorm groups (not BatchNorm: a reward must not depend on the rest of the batch)
+    map_bias: float = -2.0  # head_1 starts at sigmoid(-2) ≈ 0.12: label maps are mostly near zero
+
+    def __post_init__(self):
+        self.widths = tuple(int(w) for w in self.widths)
+        if len(self.widths) != self.n_stages + 1:
+            raise ConfigError(f"widths {self.widths} needs n_stages + 1 = {self.n_stages + 1} entries")
+        if not 0 <= self.stage <= self.n_stages:
+            raise ConfigError(f"stage {self.stage} is outside 0..{self.n_stages}")
+
+
+def conv_block(c_in: int, c_out: int, groups: int, stride: int = 1, n: int = 2) -> nn.Sequential:
+    """n × (conv3x3 → GroupNorm → SiLU); the first conv carries the stride."""
+    layers = []
+    for i in range(n):
+        layers += [
+            nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, stride if i == 0 else 1, 1),
+            nn.GroupNorm(math.gcd(groups, c_out), c_out),  # gcd: any width works, no divisibility rule
+            nn.SiLU(),
+        ]
+    return nn.Sequential(*layers)
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear ×2 upsampling. The map is brought to full size by repeating this (never one big resize),
+    so stage k+1's up2(z_k) followed by one fewer up2 is the very same computation as stage k's output:
+    growth is exactly function-preserving (a direct ×4 resize differs from two ×2 ones)."""
+    return F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=False)
+
+
+class FinPercepRM(nn.Module):
+    def __init__(self, cfg: RMConfig):
+        super().__init__()
+        self.cfg = cfg
+        w, N, k = cfg.widths, cfg.n_stages, cfg.stage
+        self.stage, self.n_stages, self.stride = k, N, 2**N
+        # Encoder: a light full-resolution stem (one conv: full-res convs dominate CPU time), then N
+        # stride-2 levels giving f_1..f_N (method.md §1). f_0 = the stem is the finest skip connection.
+        self.stem = conv_block(3, w[0], cfg.groups, n=1)
+        self.down = nn.ModuleList(conv_block(w[i - 1], w[i], cfg.groups, stride=2) for i in range(1, N + 1))
+        # Decoder level j (1..k) works at the resolution of f_{N-j}, FPN style: a 1x1 conv brings the coarser
+        # decoder features to the skip's width (at the coarse size, where it is cheap), upsample ×2, add the
+        # skip f_{N-j}, then fuse with 3x3 convs. Adding rather than concatenating (U-Net) halves the fine
+        # convs' input: the finest levels dominate the cost on CPU. The full-res level (j = N) gets one conv.
+        self.lateral = nn.ModuleList(nn.Conv2d(w[N - j + 1], w[N - j], 1) for j in range(1, k + 1))
+        self.up = nn.ModuleList(
+            conv_block(w[N - j], w[N - j], cfg.groups, n=1 if j == N else 2) for j in range(1, k + 1)
+        )
+        # One 1x1 map head per level. head_1 predicts logits; head_j (j >= 2) predicts a residual on top of
+        # the upsampled coarser logits and starts at zero, so a new finer level starts as "no change".
+        self.heads = nn.ModuleList(nn.Conv2d(w[N - j], 1, 1) for j in range(1, k + 1))
+        for j, head in enumerate(self.heads, 1):
+            if j == 1:
+                nn.init.normal_(head.weight, std=0.01)
+                nn.init.constant_(head.bias, cfg.map_bias)
+            else:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+        # Score MLP (method.md §1). [ours] The paper's S = MLP(pool(f_N ⊙ M)) zeroes every feature of a
+        # perfectly clean image (M = 0), so all clean images would get one and the same score. We feed the
+        # MLP both pool(f_N) (content, so clean images still get content-dependent scores) and
+        # pool(f_N ⊙ M) (the features of the degraded regions, weighted by how degraded), concatenated.
+        # A concatenation into a linear layer is a sum of two linear maps, written as fc_global + fc_map.
+        # fc_map starts at zero: RM_1 begins with RM_0's score while its map head learns; the gradient
+        # into fc_map is nonzero from the first step (its input is nonzero), so the coupling grows in,
+        # and from then on the score's gradient reaches the map.
+        self.fc_global = nn.Linear(w[N], cfg.hidden)
+        self.fc_map = nn.Linear(w[N], cfg.hidden, bias=False) if k >= 1 else None
+        if self.fc_map is not None:
+            nn.init.zeros_(self.fc_map.weight)
+        self.out = nn.Linear(cfg.hidden, 1)
+        # [ours] A second, direct coupling: two map statistics, mean(M) ("how much is degraded") and the
+        # smooth max of M ("how bad is the worst region", method.md §4), enter the score's logit linearly.
+        # The pooled-feature path above must *learn* to read the map; this path reads it from the first step,
+        # so a defect the map sees moves the score even when it covers 3 % of the image. Zero-initialised
+        # for the same function-preserving reason as fc_map; it learns its (negative) weights quickly.
+        self.map_stats = nn.Linear(2, 1, bias=False) if k >= 1 else None
+        if self.map_stats is not None:
+            nn.init.zeros_(self.map_stats.weight)
+
+    def check(self, images: torch.Tensor) -> None:
+        """One-line errors for inputs the model cannot take (the contract in the module docstring)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"RM expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        H, W = images.shape[-2:]
+        if H % self.stride or W % self.stride:
+            raise ValueError(
+                f"RM needs H and W to be multiples of {self.stride} (its total stride), got {H}x{W}"
+            )
+
+    def forward_all(self, images: torch.Tensor) -> dict:
+        """Everything the losses need: score (B,), dmap (B,1,H,W) and the map's logits at the stage's
+        native resolution (B,1,H/2**(N-k),W/2**(N-k)) where L_map compares; both None at stage 0."""
+        self.check(images)
+        N, k = self.n_stages, self.stage
+        feats = [self.stem(images * 2 - 1)]  # centre the [0, 1] input
+        for level in self.down:
+            feats.append(level(feats[-1]))
+        f_N = feats[-1]
+        h = self.fc_global(f_N.mean(dim=(2, 3)))  # pool(f_N): global average pooling
+        dmap = logits = None
+        if k >= 1:
+            d = f_N
+            for j, (lateral, block, head) in enumerate(zip(self.lateral, self.up, self.heads), 1):
+                d = block(up2(lateral(d)) + feats[N - j])  # upsample, add the skip f_{N-j}, fuse
+                logits = head(d) if j == 1 else up2(logits) + head(d)  # z_j = up2(z_{j-1}) + residual
+            z = logits
+            for _ in range(N - k):  # bilinear to the input size, ×2 at a time (see up2)
+                z = up2(z)
+            dmap = torch.sigmoid(z)  # M in [0, 1], higher = more degraded
+            # Coupling (method.md §1): area-resize M to f_N's size and gate the deepest features with it.
+            # Taken from the full-size dmap, which growth preserves exactly, so the score is preserved too.
+            gate = F.avg_pool2d(dmap, self.stride)
+            h = h + self.fc_map((f_N * gate).mean(dim=(2, 3)))  # + W_map · pool(f_N ⊙ M)
+        logit = self.out(F.silu(h))
+        if dmap is not None:
+            stats = torch.stack([dmap.mean(dim=(1, 2, 3)), smooth_max(dmap)], dim=1)  # (B, 2)
+            logit = logit + self.map_stats(stats)
+        score = torch.sigmoid(logit).squeeze(-1)  # S in [0, 1], higher = better
+        return {"score": score, "dmap": dmap, "logits": logits}
+
+    def forward(self, images: torch.Tensor):
+        out = self.forward_all(images)
+        return out["score"], out["dmap"]
+
+
+def make_rm(cfg: RMConfig) -> FinPercepRM:
+    return FinPercepRM(cfg)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """A reward / S_base is a fixed function: no parameter gradients, eval mode. Returns the model."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def grow(model: FinPercepRM) -> FinPercepRM:
+    """RM_k -> RM_{k+1}: progressive parameter expansion (method.md §5), function-preserving at creation.
+
+    Every existing weight is copied. The new modules are: the next finer decoder level (random init; it only
+    reaches the output through its head), its map head (zero-init residual for k >= 1, so the map is RM_k's
+    map exactly; a fresh head for 0 -> 1), and for 0 -> 1 fc_map (zero-init, so the score is RM_0's)."""
+    if model.stage >= model.n_stages:
+        raise ValueError(f"RM is already at the last stage ({model.stage}); nothing to grow")
+    p = next(model.parameters())
+    new = make_rm(dataclasses.replace(model.cfg, stage=model.stage + 1)).to(device=p.device, dtype=p.dtype)
+    # strict=False: the keys missing from the old state dict are exactly the new modules, left at their init.
+    unexpected = new.load_state_dict(model.state_dict(), strict=False).unexpected_keys
+    assert not unexpected, unexpected  # every old weight has its place in the bigger model
+    return new.train(model.training)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Losses (method.md §3). One batched forward on cat(I_GT, I_syn, I_SR): 3B images, one graph.
+
+
+def rank_loss(s_gt, s_syn, s_sr, m1: float = 0.05, m2: float = 0.05) -> torch.Tensor:
+    """L_rank = max(0, m1 - (S_syn - S_SR)) + max(0, m2 - (S_GT - S_syn)): wants S_SR < S_syn < S_GT,
+    each gap at least its margin (scores live in [0, 1], so margins are small). Mean over the batch."""
+    return (F.relu(m1 - (s_syn - s_sr)) + F.relu(m2 - (s_gt - s_syn))).mean()
+
+
+def map_loss(logits: torch.Tensor, target: torch.Tensor, bce: float = 0.25) -> torch.Tensor:
+    """L_map = |M - M_gt|_1 (method.md §3) + bce · BCE, at the stage's native map resolution.
+
+    The label map is area-downsampled (mean over each 2**(N-k) block) to the prediction's size, so a coarse
+    stage is asked for the average degradation of each block, not for detail it cannot represent.
+    [ours] The BCE term: L1's gradient is sign(M - M_gt), the same push for every pixel, and on mostly-zero
+    targets it drives maps toward black (a prototype lost ~0.05 AUROC). BCE on the logits pulls by
+    (M - M_gt) instead, so faint degradations are still fitted. Its minimum is the target's entropy, not 0."""
+    target = F.adaptive_avg_pool2d(target, logits.shape[-2:])  # area resize (exact: sizes divide)
+    l1 = (torch.sigmoid(logits) - target).abs().mean()
+    if bce <= 0:
+        return l1
+    return l1 + bce * F.binary_cross_entropy_with_logits(logits, target)
+
+
+def rm_losses(
+    model: FinPercepRM,
+    batch: dict,
+    base: nn.Module | None = None,
+    lam_map: float = 1.0,
+    lam_rank: float = 1.0,
+    lam_align: float = 1.0,
+    lam_gold: float = 0.0,
+    m1: float = 0.05,
+    m2: float = 0.05,
+    bce: float = 0.25,
+):
+    """L = λ_map L_map + λ_rank L_rank + λ_align L_align (+ λ_gold L_gold, ours). Returns (total, parts).
+
+    batch: "gt", "syn", "sr" (B,3,H,W); "dmap_syn", "dmap_sr" (B,1,H,W) label maps in [0, 1]; optionally
+    "gold_gt", "gold_syn", "gold_sr" (B,) gold global quality in [0, 1] (e.g. 1 - mean(label map)).
+    base: the frozen RM_0 for L_align (None: no align term, e.g. when training RM_0 itself).
+    parts: detached 0-dim tensors (no host sync here; call .item() once per logged step)."""
+    gt, syn, sr = batch["gt"], batch["syn"], batch["sr"]
+    B = gt.shape[0]
+    out = model.forward_all(torch.cat([gt, syn, sr]))
+    s_gt, s_syn, s_sr = out["score"].split(B)
+    zero = out["score"].new_zeros(())
+    parts = {"rank": rank_loss(s_gt, s_syn, s_sr, m1, m2)}  # L_rank: S_SR < S_syn < S_GT (§3)
+    # L_map on all three images (§3 + ours): I_GT is clean (zeros), I_syn and I_SR have their own labels.
+    if out["logits"] is not None:
+        target = torch.cat([torch.zeros_like(batch["dmap_syn"]), batch["dmap_syn"], batch["dmap_sr"]])
+        parts["map"] = map_loss(out["logits"], target, bce)
+    else:
+        parts["map"] = zero  # RM_0 has no map
+    # L_align = |S_GT - S_base(I_GT)|: a frozen RM_0 pins the score scale, so every stage means the same
+    # number by the same score (§3; in the paper S_base is CLIP-IQA, here our own RM_0).
+    if base is not None:
+        with torch.no_grad():
+            s_base = base(gt)[0]
+        parts["align"] = (s_gt - s_base).abs().mean()
+    else:
+        parts["align"] = zero
+    # [ours] L_gold: L1 regression of S to the gold global quality, for every image that has a gold value.
+    # RM_0 learns an absolute scale this way (ranking alone only orders); usable at any stage.
+    golds = [(s, batch.get(f"gold_{n}")) for s, n in ((s_gt, "gt"), (s_syn, "syn"), (s_sr, "sr"))]
+    golds = [(s, g) for s, g in golds if g is not None]
+    if lam_gold > 0 and not golds:
+        raise ValueError("lam_gold > 0 but the batch has no gold_gt / gold_syn / gold_sr")
+    parts["gold"] = torch.stack([(s - g).abs().mean() for s, g in golds]).mean() if golds else zero
+    total = (
+        lam_map * parts["map"]
+        + lam_rank * parts["rank"]
+        + lam_align * parts["align"]
+        + lam_gold * parts["gold"]
+    )
+    parts = {name: v.detach() for name, v in parts.items()}
+    parts["total"] = total.detach()
+    return total, parts
+
+
+# ----------------------------------------------------------------------------------------------------
+# The reward handed to RL (method.md §4).
+
+
+def smooth_max(dmap: torch.Tensor, topk: float = 0.01, tau: float | None = None) -> torch.Tensor:
+    """A differentiable spatial max of M per image, (B,1,H,W) -> (B,). The hard max would pass gradient to
+    one pixel only; both forms spread it over the worst region.
+
+    default: mean of the top `topk` fraction of pixels (at least one) - reads as "how bad the worst 1% is".
+    tau: τ·(logsumexp(M/τ) - log n). The -τ·log n keeps it between mean(M) and max(M), so in [0, 1]
+    (the plain τ·logsumexp(M/τ) of method.md §4 exceeds max(M) by up to τ·log n)."""
+    m = dmap.flatten(1)
+    if tau is not None:
+        return tau * (torch.logsumexp(m / tau, dim=1) - math.log(m.shape[1]))
+    k = max(1, round(topk * m.shape[1]))
+    return m.topk(k, dim=1).values.mean(dim=1)
+
+
+def reward(
+    model: FinPercepRM,
+    images: torch.Tensor,
+    fused: bool = False,
+    lam1: float = 0.5,
+    lam2: float = 0.5,
+    topk: float = 0.01,
+    tau: float | None = None,
+) -> torch.Tensor:
+    """The reward for RL, (B,), differentiable w.r.t. images (freeze(model) first; ReFL backpropagates it).
+
+    plain: the map-coupled score S (already sensitive to local defects through the gate, method.md §1).
+    fused: R = λ1·S + λ2·(1 - smooth_max(M)) (method.md §4): the worst region counts directly.
+    Stage 0 has no map, so it is always the score alone. With λ1 + λ2 = 1 the reward stays in [0, 1]."""
+    score, dmap = model(images)
+    if not fused or dmap is None:
+        return score
+    return lam1 * score + lam2 * (1 - smooth_max(dmap, topk, tau))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints (design.md): a directory with model.safetensors + rm.json, written atomically.
+
+
+def save_rm(model: FinPercepRM, path: str, extra: dict | None = None) -> None:
+    """Write `path/` = model.safetensors + rm.json (kind "rm" and every field needed to rebuild the model).
+    `extra`: optional JSON-able facts to record beside them (e.g. the training step); ignored by load_rm."""
+    meta = {"kind": "rm", **dataclasses.asdict(model.cfg), "stride": model.stride, **(extra or {})}
+    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    with atomic_dir(path) as tmp:  # an interrupted save leaves the previous checkpoint intact
+        save_file(state, os.path.join(tmp, "model.safetensors"))
+        write_json(os.path.join(tmp, "rm.json"), meta)
+
+
+def load_rm(path: str, device=None) -> FinPercepRM:
+    """Rebuild an RM stage from its directory; eval mode, on CPU unless `device` is given.
+    A missing directory or another kind of checkpoint (e.g. a policy) is a one-line error."""
+    meta = read_kind(path, "rm", "python train_rm.py")
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights):
+        raise ConfigError(f"'{path}' has rm.json but no model.safetensors; make it with `python train_rm.py`")
+    fields = {f.name for f in dataclasses.fields(RMConfig)}
+    model = make_rm(RMConfig(**{k: v for k, v in meta.items() if k in fields}))
+    model.load_state_dict(load_file(weights, device="cpu"))
+    return model.to(device or "cpu").eval()
