@@ -36,3 +36,91 @@ def rm_difficulty(stage: int, n_stages: int) -> Difficulty:
     f = stage / max(n_stages, 1)  # 0 at RM_0, 1 at RM_N
     lerp = lambda ab: ab[0] + (ab[1] - ab[0]) * f  # noqa: E731
     return Difficulty(area=lerp(AREA), artifact=lerp(ARTIFACT), degrade=DEGRADE)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Policy side (used by train_rl.py): which reward-model stage(s) give the reward at RL step i.
+#
+#   sched = Schedule(mode="ccl", n_stages=3, total=200)
+#   sched.at(step)            # [(stage, weight), ...], weights sum to 1: e.g. [(0, 0.5), (1, 0.5)] mid-blend
+#
+# Modes (the paper's ablation, method.md §5): "ccl" RM_0 first, then stage by stage to RM_N; "none" RM_N from
+# step 0 (fine-grained reward without curriculum); "global" RM_0 throughout (the global-IQA baseline).
+# Switching [ours]: "fixed" at fractions of the run (stage 0 gets the largest share: the global reward is
+# cheap to climb and sets a stable start), or "plateau" when the reward's moving average stops rising.
+# Either way the reward then moves to the next stage by a linear blend over `blend` steps, so the reward
+# the policy optimises never jumps.
+
+
+class Schedule:
+    def __init__(
+        self,
+        mode="ccl",
+        n_stages=3,
+        total=100,
+        fractions=None,
+        blend=10,
+        switch="fixed",
+        window=10,
+        tol=0.002,
+        min_steps=20,
+    ):
+        if mode not in ("ccl", "none", "global"):
+            raise ValueError(f"curriculum mode '{mode}' unknown; use ccl, none or global")
+        if switch not in ("fixed", "plateau"):
+            raise ValueError(f"switch '{switch}' unknown; use fixed or plateau")
+        self.mode, self.N, self.total, self.blend, self.switch = mode, n_stages, total, blend, switch
+        self.window, self.tol, self.min_steps = window, tol, min_steps  # plateau rule's knobs
+        # Default shares: stage 0 twice any later stage, e.g. N = 3 → 0.4, 0.2, 0.2, 0.2.
+        f = fractions or [2.0] + [1.0] * n_stages
+        if len(f) != n_stages + 1:
+            raise ValueError(f"fractions needs {n_stages + 1} entries (one per stage), got {len(f)}")
+        cum = [sum(f[: k + 1]) / sum(f) for k in range(n_stages)]
+        # starts[k] = the step at which stage k begins (fixed mode); plateau mode fills them as it goes.
+        self.starts = [0] + ([round(c * total) for c in cum] if switch == "fixed" else [])
+        self.history = []  # recent mean rewards (plateau mode), saved with the run for --resume
+
+    def stage_at(self, step: int) -> int:
+        """The stage the curriculum is in (or blending into) at `step`."""
+        if self.mode == "none":
+            return self.N
+        if self.mode == "global":
+            return 0
+        return max(k for k, s in enumerate(self.starts) if s <= step)
+
+    def at(self, step: int) -> list:
+        """[(stage, weight), ...] with weights summing to 1; two entries only during a blend."""
+        k = self.stage_at(step)
+        if self.mode != "ccl" or k == 0:
+            return [(k, 1.0)]
+        # Linear blend from stage k−1 into k over `blend` steps; step starts[k] already has 1/blend of k.
+        a = 1.0 if self.blend <= 0 else min(1.0, (step - self.starts[k] + 1) / self.blend)
+        return [(k, 1.0)] if a >= 1.0 else [(k - 1, 1.0 - a), (k, a)]
+
+    def update(self, step: int, reward: float) -> bool:
+        """Plateau mode: record this step's mean reward; start the next stage at step + 1 when the moving
+        average over `window` steps rose by less than `tol` over the last window (after min_steps in the
+        stage and once any blend is over). Returns True when a switch was scheduled."""
+        if self.mode != "ccl" or self.switch != "plateau" or len(self.starts) > self.N:
+            return False
+        self.history = (self.history + [float(reward)])[-2 * self.window :]
+        k = self.stage_at(step)
+        in_stage = step - self.starts[k] + 1
+        if (
+            in_stage < max(self.min_steps, self.blend + 2 * self.window)
+            or len(self.history) < 2 * self.window
+        ):
+            return False
+        old = sum(self.history[: self.window]) / self.window
+        new = sum(self.history[self.window :]) / self.window
+        if new - old < self.tol:
+            self.starts.append(step + 1)
+            self.history = []
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"starts": list(self.starts), "history": list(self.history)}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.starts, self.history = [int(s) for s in st["starts"]], [float(h) for h in st["history"]]
