@@ -333,7 +333,7 @@ ZOO = {
 }
 
 
-def sr_zoo(hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3) -> torch.Tensor:
+def sr_zoo(hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3, p_hooks=None) -> torch.Tensor:
     """I_SR for a batch: each sample gets one zoo member (classical with p_classical, else procedural or a
     hook). `sr_models` is the hook: extra makers f(hr, lr, strength, g) -> sr, e.g. a trained policy's
     sampler (wired up in train_rm.py --policy), mixed in as equal members of the procedural group.
@@ -347,12 +347,16 @@ def sr_zoo(hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3) ->
     makers = classical + procedural + hooks
     reads_lr = [True] * 3 + [False] * len(procedural) + [True] * len(hooks)
     B = hr.shape[0]
-    is_cls = torch.rand(B, generator=g) < p_classical
-    pick = torch.where(
-        is_cls,
-        torch.randint(3, (B,), generator=g),
-        3 + torch.randint(len(procedural) + len(hooks), (B,), generator=g),
-    )
+    u = torch.rand(B, generator=g)
+    pick = 3 + torch.randint(len(procedural) + len(hooks), (B,), generator=g)  # procedural or hook
+    if hooks and p_hooks is not None:  # a fixed share for the hooks (train_rl's co-evolution uses 1.0)
+        use_hook = torch.rand(B, generator=g) < p_hooks
+        pick = torch.where(
+            use_hook,
+            3 + len(procedural) + torch.randint(len(hooks), (B,), generator=g),
+            3 + torch.randint(len(procedural), (B,), generator=g),
+        )
+    pick = torch.where(u < p_classical, torch.randint(3, (B,), generator=g), pick)  # classical first
     s = strength * (0.5 + 0.5 * torch.rand(B, generator=g))  # per-sample strength in [s/2, s]
     out = torch.empty_like(hr)
     for m in pick.unique().tolist():
@@ -416,13 +420,13 @@ class Difficulty:
     degrade: float = 0.5  # maximum LR degradation strength (the LR feeds the classical upsamplers)
 
 
-def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu") -> dict:
+def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu", **zoo_kw) -> dict:
     """A batch of FGR triplets as a dict of tensors on `device`:
     gt, syn, sr (n, 3, S, S); mask, dmap_syn, dmap_sr (n, 1, S, S); gold_gt, gold_syn, gold_sr (n,)."""
     hr, seg = pool.crops(n, size, g, with_segments=True)
     lr_strength = diff.degrade * float(torch.rand((), generator=g))  # one LR strength per batch
     hr = hr.to(device)
-    sr = sr_zoo(hr, diff.artifact, g, lr_strength, sr_models)
+    sr = sr_zoo(hr, diff.artifact, g, lr_strength, sr_models, **zoo_kw)  # zoo_kw: p_classical, p_hooks
     mask = random_masks(n, size, diff.area, g, segments=seg).to(device)
     syn = mask * sr + (1 - mask) * hr  # I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT
     dmap_syn, dmap_sr = label_map(syn, hr), label_map(sr, hr)
