@@ -1,0 +1,340 @@
+"""The diffusion super-resolution model, seen as an RL policy (design.md: "the SR model as an RL policy").
+
+    from policy import PolicyConfig, make_policy, load_policy, save_policy
+    policy = make_policy(PolicyConfig(residual_scale=estimate_residual_scale(lr, hr)))
+    loss = policy.sft_loss(hr, lr)                          # supervised warm start (and ReFL's regulariser)
+    sr, traj = policy.sample(lr, generator=g, return_traj=True)          # DDPO/GRPO rollouts
+    logprob = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr)  # PPO ratios, with grad
+    sr = load_policy("out/rl/policy_final").upscale(lr)     # the design contract: (B,3,h,w) -> (B,3,4h,4w)
+
+What it is: a diffusers `UNet2DModel` + `DDIMScheduler`, conditioned on the bicubic-upsampled LR image
+(concatenated as 3 extra input channels), denoising the *residual* x0 = (HR - up(LR)) * residual_scale.
+Why it is a policy (method.md §4 [ours], DDPO): DDIM with eta > 0 draws every step from a Gaussian,
+    x_{t_prev} ~ N(mean_theta(x_t, t, LR), std_t^2 I),
+so a whole sampling run is a K-step trajectory of Gaussian actions with exact per-step log-probs. The
+mean comes from `scheduler.step` itself (no hand-copied DDIM) and std_t = eta * sqrt(scheduler variance),
+so the sampler, the stored log-probs and the recomputed (PPO) log-probs all use one function.
+Log-probs are kept PER PIXEL (K, B, 3, H, W): the RL loop can weight each pixel by a local advantage
+from the reward model's degradation map (B, 1, H, W broadcasts over channels), method.md §4.
+"""
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DModel
+from torch import nn
+
+from config import ConfigError, atomic_dir, read_kind, write_json
+
+SCALE = 4  # the SR factor everywhere in this project (design.md: "Scale x4")
+
+
+@dataclass
+class PolicyConfig:
+    # --- the network (CPU default ~1.05M params; ~30-110 ms per train step at 32-64 px HR on a laptop CPU)
+    block_out_channels: tuple = (32, 64, 64)  # width knob; 3 levels -> total stride 4, so any LR size works
+    layers_per_block: int = 1  # resnets per level; 2 is ~1.5M params and slower on CPU for little gain
+    norm_groups: int = 8  # GroupNorm groups; must divide every width (8 lets tests use widths of 8/16)
+    sample_size: int = 64  # metadata for diffusers only: the UNet is convolutional and runs at any size
+    # --- the diffusion process
+    num_train_timesteps: int = 1000  # the standard DDPM grid; K sampling steps are a trailing subset of it
+    prediction_type: str = "sample"  # x0 prediction: epsilon prediction failed to learn at small CPU budgets
+    space: str = "pixel"  # where diffusion runs; "latent" (an LDM SR vqvae) is the planned plug-in
+    residual_scale: float = 1.0  # x0 = (HR - up(LR)) * residual_scale; set with estimate_residual_scale()
+    # --- sampling defaults (used by sample/upscale when steps/eta are None)
+    steps: int = 10  # K: Flow-GRPO trains with 10 steps; short trajectories keep RL rollouts cheap
+    eta: float = 1.0  # DDPO's eta = 1: every step is a proper Gaussian, so log-probs exist (eta=0 is DDIM)
+
+
+@dataclass
+class Trajectory:
+    """One batched sampling run, everything an RL update needs (DDPO's stored rollout)."""
+
+    x: torch.Tensor  # (K+1, B, C, H, W): x_T, ..., x_0 in policy space (scaled residual for "pixel")
+    t: torch.Tensor  # (K,) long, on CPU: the timestep of each step (CPU so indexing the scheduler never syncs)
+    logprob: torch.Tensor  # (K, B, C, H, W): log N(x[k+1]; mean_k, std_k^2) per pixel and channel
+    steps: int  # K, needed to recompute: the scheduler's previous timestep is t - T // K
+    eta: float  # needed to recompute: eta changes both the mean and the std
+
+
+def upsample(lr: torch.Tensor) -> torch.Tensor:
+    """Bicubic x4, on the input's device and differentiable: the base image the residual is added to."""
+    return F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False)
+
+
+def estimate_residual_scale(lr: torch.Tensor, hr: torch.Tensor) -> float:
+    """1 / std of the residual HR - up(LR), computed once from data by the caller and stored in policy.json.
+
+    Why: the residual of natural images has std ~0.05, while the diffusion noise has std 1. Unscaled, the
+    signal-to-noise ratio at t=249 is ~0.003, the net can only regress the mean, and the sampler degenerates
+    into "regressor + white noise". Scaled to unit variance, the noise schedule means what it was designed for.
+    """
+    std = (hr - upsample(lr)).float().std()
+    return float(1.0 / std.clamp_min(1e-4))  # one sync, once per run; clamp guards a flat dataset
+
+
+class Policy(nn.Module):
+    """UNet2DModel + DDIMScheduler as a Gaussian policy over K denoising steps (module docstring)."""
+
+    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler):
+        super().__init__()
+        if cfg.space != "pixel":
+            raise ConfigError(f"space='{cfg.space}' is not implemented yet; only 'pixel' is (see encode/decode)")
+        if scheduler.config.prediction_type != cfg.prediction_type:
+            raise ConfigError(
+                f"policy.json says prediction_type={cfg.prediction_type} but the scheduler says "
+                f"{scheduler.config.prediction_type}; re-save the policy with save_policy"
+            )
+        self.cfg, self.unet, self.scheduler = cfg, unet, scheduler  # the scheduler holds no parameters
+        # The last down block of UNet2DModel does not downsample, so the total stride is 2^(levels - 1).
+        self.stride = 2 ** (len(unet.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------------------------------------
+    # encode / decode: the only place that knows the diffusion "space". For a pretrained latent SR model
+    # (diffusers' LDMSuperResolutionPipeline: unet + vqvae, epsilon prediction) these become vqvae
+    # encode/decode, and the loops below stay unchanged.
+
+    def condition(self, lr: torch.Tensor) -> torch.Tensor:
+        """The UNet's extra input channels: up(LR) mapped to [-1, 1], the range the noise lives in."""
+        return upsample(lr) * 2 - 1
+
+    def encode(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """HR image -> x0 in policy space: the residual over bicubic, scaled to about unit variance."""
+        return (hr - upsample(lr)) * self.cfg.residual_scale
+
+    def decode(self, x0: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """x0 in policy space -> SR image in [0, 1] (the clamp is the only non-differentiable corner)."""
+        return (x0 / self.cfg.residual_scale + upsample(lr)).clamp(0, 1)
+
+    # ------------------------------------------------------------------------------------------------
+    # One DDIM step as a Gaussian: the single function behind sampling, stored and recomputed log-probs.
+
+    def _set_steps(self, steps: int) -> None:
+        """scheduler.step derives t_prev = t - T // K from its state, so K must be set before any step."""
+        if not 1 <= steps <= self.cfg.num_train_timesteps:
+            raise ValueError(f"steps={steps} must be in 1..{self.cfg.num_train_timesteps}")
+        if self.scheduler.num_inference_steps != steps:
+            self.scheduler.set_timesteps(steps)  # no device: timesteps stay on CPU, reading them never syncs
+
+    def _stats(self, x_t, t: int, cond, eta: float):
+        """(mean, std, x0_pred) of p(x_prev | x_t, LR): mean and x0 from diffusers, std as a Python float.
+
+        The mean is `scheduler.step(...).prev_sample` with the noise set to zero, so it is exactly the
+        DDIM update (DDIM paper eq. 12) for whatever prediction_type the scheduler is configured with.
+        """
+        model_output = self.unet(torch.cat([x_t, cond], dim=1), t).sample
+        out = self.scheduler.step(model_output, t, x_t, eta=eta, variance_noise=torch.zeros_like(x_t))
+        # sigma_t(eta) = eta * sqrt((1 - a_prev)/(1 - a_t) * (1 - a_t/a_prev)), DDIM eq. 16. The prev
+        # timestep is computed the way scheduler.step does; with set_alpha_to_one=False the last step
+        # (t_prev < 0) uses alphas_cumprod[0] < 1, so even the final step has std > 0 (a valid density).
+        t_prev = t - self.cfg.num_train_timesteps // self.scheduler.num_inference_steps
+        std = eta * float(self.scheduler._get_variance(t, t_prev)) ** 0.5  # CPU table: no device sync
+        return out.prev_sample, std, out.pred_original_sample
+
+    @staticmethod
+    def _gaussian_logprob(x_prev, mean, std: float) -> torch.Tensor:
+        """log N(x_prev; mean, std^2) per element: -(x - mu)^2 / (2 s^2) - log s - log(2 pi) / 2."""
+        return -((x_prev - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+
+    def _defaults(self, steps, eta):
+        steps = self.cfg.steps if steps is None else int(steps)
+        eta = self.cfg.eta if eta is None else float(eta)
+        if not 0.0 <= eta <= 1.0:  # eta > 1 makes 1 - a_prev - std^2 negative: NaN means
+            raise ValueError(f"eta={eta} must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like)")
+        self._set_steps(steps)
+        return steps, eta
+
+    def step_stats(self, x_t, t, lr, steps=None, eta=None):
+        """(mean, std) of one policy step, WITH gradients: mean (B, C, H, W), std a float.
+
+        Exposed for a KL-on-means regulariser (Flow-GRPO) and for step_logprob. `t` is an int or a 0-d
+        CPU tensor (Trajectory.t[k]); all samples in the batch share it, as in one PPO trajectory index.
+        """
+        steps, eta = self._defaults(steps, eta)
+        mean, std, _ = self._stats(x_t, int(t), self.condition(lr), eta)
+        return mean, std
+
+    def step_logprob(self, x_t, x_prev, t, lr, steps=None, eta=None) -> torch.Tensor:
+        """log p_theta(x_prev | x_t, LR) per pixel, (B, C, H, W), WITH gradients: the PPO ratio's numerator.
+
+        Call it once per trajectory index k (a loop over K steps, never over samples) with the stored
+        traj.x[k], traj.x[k+1], traj.t[k], traj.steps, traj.eta; under unchanged weights it reproduces
+        traj.logprob[k] (same code path as sample()).
+        """
+        mean, std = self.step_stats(x_t, t, lr, steps, eta)
+        if std <= 0:
+            raise ValueError("log-probs need eta > 0: with eta = 0 DDIM is deterministic and has no density")
+        return self._gaussian_logprob(x_prev, mean, std)
+
+    # ------------------------------------------------------------------------------------------------
+    # Sampling: the rollout (DDPO's "sample" phase), batched over B, a loop over the K steps only.
+
+    def _noise(self, shape, generator, like: torch.Tensor) -> torch.Tensor:
+        """N(0, I) drawn on the generator's device, then moved: a CPU generator reproduces on any device."""
+        dev = generator.device if generator is not None else like.device
+        return torch.randn(shape, generator=generator, device=dev, dtype=like.dtype).to(like.device)
+
+    def _check_shape(self, lr) -> None:
+        """Cheap checks (no host sync) shared by every entry point; each error is one line that says the fix."""
+        if not isinstance(lr, torch.Tensor) or lr.dim() != 4:
+            shape = tuple(lr.shape) if isinstance(lr, torch.Tensor) else type(lr).__name__
+            raise ValueError(f"lr must be a 4-D tensor (B, 3, h, w) in [0, 1], got {shape}; add a batch dim")
+        b, c, h, w = lr.shape
+        if b == 0:
+            raise ValueError("lr is an empty batch (B = 0); pass at least one image")
+        if c != 3:
+            raise ValueError(f"lr has {c} channels, expected 3 (RGB); convert grayscale/RGBA images to RGB")
+        if (SCALE * h) % self.stride or (SCALE * w) % self.stride:
+            raise ValueError(
+                f"SR size {SCALE * h}x{SCALE * w} (4 x LR {h}x{w}) is not a multiple of the UNet's total stride "
+                f"{self.stride}; crop or pad the LR image to a multiple of {max(1, self.stride // SCALE)}"
+            )
+
+    @torch.no_grad()
+    def sample(self, lr, steps=None, eta=None, generator=None, return_traj=False):
+        """Run the K-step sampler. Returns sr (B, 3, 4h, 4w) in [0, 1], or (sr, Trajectory) if return_traj.
+
+        No gradients here (rollouts are data); PPO recomputes log-probs with step_logprob. The noise comes
+        from `generator` (None = the global RNG), so one generator seed gives one sample, reproducibly.
+        """
+        self._check_shape(lr)
+        steps, eta = self._defaults(steps, eta)
+        if return_traj and eta == 0:
+            raise ValueError("return_traj needs eta > 0: a deterministic DDIM step has no log-prob")
+        cond = self.condition(lr)
+        x = self._noise(cond.shape, generator, cond)  # x_T ~ N(0, I) (init_noise_sigma is 1 for DDIM)
+        xs, logprobs = [x], []
+        for t in self.scheduler.timesteps.tolist():  # python ints: 999, 899, ..., 99 for K=10 (trailing)
+            mean, std, _ = self._stats(x, t, cond, eta)
+            x = mean + std * self._noise(x.shape, generator, x)  # x_prev ~ N(mean, std^2): the action
+            if return_traj:
+                logprobs.append(self._gaussian_logprob(x, mean, std))
+                xs.append(x)
+        # x is x_0, a sample of the scaled residual; decode adds it back onto the bicubic base.
+        sr = self.decode(x, lr)
+        if not return_traj:
+            return sr
+        traj = Trajectory(torch.stack(xs), self.scheduler.timesteps.clone(), torch.stack(logprobs), steps, eta)
+        return sr, traj
+
+    def refl_sample(self, lr, steps=None, stop_index=None, eta=None, generator=None) -> torch.Tensor:
+        """ReFL (method.md §4): sample WITHOUT grad to step `stop_index`, then one step WITH grad; return
+        that step's predicted x0 decoded to an SR image (B, 3, 4h, 4w), differentiable w.r.t. the UNet.
+
+        ImageReward's recipe is 40 steps with stop_index drawn from 30..39; default: the last step.
+        """
+        self._check_shape(lr)
+        steps, eta = self._defaults(steps, eta)
+        stop_index = steps - 1 if stop_index is None else int(stop_index)
+        if not 0 <= stop_index < steps:
+            raise ValueError(f"stop_index={stop_index} must be in 0..{steps - 1}")
+        cond = self.condition(lr)
+        ts = self.scheduler.timesteps.tolist()
+        with torch.no_grad():  # the cheap part: no graph kept for the first stop_index steps
+            x = self._noise(cond.shape, generator, cond)
+            for t in ts[:stop_index]:
+                mean, std, _ = self._stats(x, t, cond, eta)
+                x = mean + std * self._noise(x.shape, generator, x)
+        # pred_original_sample comes from the scheduler, so this holds for x0, epsilon or v prediction.
+        _, _, x0_pred = self._stats(x, ts[stop_index], cond, eta)
+        return self.decode(x0_pred, lr)
+
+    def upscale(self, lr, steps=None, eta=None, generator=None) -> torch.Tensor:
+        """The design contract: lr (B, 3, h, w) in [0, 1] -> sr (B, 3, 4h, 4w) in [0, 1], on lr's device.
+
+        Validates the input first (one-line ValueError naming the fix) and moves the policy to lr's device.
+        """
+        self._check_shape(lr)
+        if not torch.isfinite(lr).all():  # one host sync per call; this is not a training loop
+            raise ValueError("lr contains NaN or Inf values; check the image loading / preprocessing")
+        if lr.min() < -0.01 or lr.max() > 1.01:
+            raise ValueError("lr must be in [0, 1] (got values outside); divide 8-bit images by 255")
+        self.to(lr.device)
+        return self.sample(lr.float(), steps=steps, eta=eta, generator=generator)
+
+    # ------------------------------------------------------------------------------------------------
+    # The supervised loss: warm start, and ReFL's regulariser (method.md §4).
+
+    def sft_loss(self, hr, lr, generator=None) -> torch.Tensor:
+        """Denoising loss at random timesteps: ||f_theta(x_t, t, LR) - x0||^2 on the scaled residual.
+
+        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM eq. 4). Done by hand instead of
+        scheduler.add_noise, which moves the scheduler's tables to the GPU and would then make every
+        sampling step sync when it reads the variance.
+        """
+        self._check_shape(lr)
+        x0 = self.encode(hr, lr)
+        b = x0.shape[0]
+        dev = generator.device if generator is not None else x0.device
+        t = torch.randint(0, self.cfg.num_train_timesteps, (b,), generator=generator, device=dev).to(x0.device)
+        eps = self._noise(x0.shape, generator, x0)  # eps ~ N(0, I)
+        abar = self.scheduler.alphas_cumprod.to(x0.device)[t].view(b, 1, 1, 1)  # a copy; the table stays
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        pred = self.unet(torch.cat([x_t, self.condition(lr)], dim=1), t).sample
+        if self.cfg.prediction_type == "sample":
+            target = x0
+        elif self.cfg.prediction_type == "epsilon":
+            target = eps
+        else:  # v-prediction: v = sqrt(abar) eps - sqrt(1 - abar) x0
+            target = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+        return F.mse_loss(pred, target)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building, saving, loading (design.md: diffusers layout + a small JSON that says its kind).
+
+
+def make_scheduler(cfg: PolicyConfig) -> DDIMScheduler:
+    """DDIM configured so that every step is a proper Gaussian (std > 0) for DDPO-style log-probs."""
+    return DDIMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule="linear",  # the DDPM schedule 1e-4..0.02; fine for a unit-variance x0
+        timestep_spacing="trailing",  # the first step starts at t = T-1 (pure noise), last one ends at 0
+        set_alpha_to_one=False,  # final alpha = alphas_cumprod[0] < 1, so the last step's std > 0
+        clip_sample=False,  # x0 is a scaled residual, not an image in [-1, 1]: clipping would cut it
+        prediction_type=cfg.prediction_type,
+    )
+
+
+def make_policy(cfg: PolicyConfig = None) -> Policy:
+    """A freshly initialised policy: UNet (6 channels in = x_t + up(LR), 3 out), no attention (CPU)."""
+    cfg = cfg or PolicyConfig()
+    n = len(cfg.block_out_channels)
+    unet = UNet2DModel(
+        sample_size=cfg.sample_size,
+        in_channels=6,  # noisy residual x_t (3) concatenated with the bicubic-upsampled LR (3)
+        out_channels=3,  # the prediction (x0 for prediction_type="sample")
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=("DownBlock2D",) * n,  # plain resnet blocks: attention is slow on CPU
+        up_block_types=("UpBlock2D",) * n,
+        layers_per_block=cfg.layers_per_block,
+        add_attention=False,  # no attention in the mid block either
+        norm_num_groups=cfg.norm_groups,
+    )
+    return Policy(cfg, unet, make_scheduler(cfg))
+
+
+POLICY_FIX = "python train_rl.py --sft_only"  # the command that makes a policy directory
+
+
+def save_policy(policy: Policy, path: str) -> None:
+    """Write <path>/{unet/, scheduler/, policy.json} atomically (temp dir, then rename)."""
+    with atomic_dir(path) as tmp:
+        policy.unet.save_pretrained(os.path.join(tmp, "unet"))  # safetensors + config.json
+        policy.scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+        write_json(os.path.join(tmp, "policy.json"), {"kind": "policy", **dataclasses.asdict(policy.cfg)})
+
+
+def load_policy(path: str, device=None) -> Policy:
+    """Load a policy directory (on CPU unless `device` is given); a wrong directory is a one-line error."""
+    meta = read_kind(path, "policy", POLICY_FIX)
+    fields = {f.name for f in dataclasses.fields(PolicyConfig)}
+    cfg = PolicyConfig(**{k: v for k, v in meta.items() if k in fields})
+    cfg.block_out_channels = tuple(cfg.block_out_channels)  # JSON turned the tuple into a list
+    unet = UNet2DModel.from_pretrained(os.path.join(path, "unet"))
+    scheduler = DDIMScheduler.from_pretrained(os.path.join(path, "scheduler"))
+    return Policy(cfg, unet, scheduler).to(device or "cpu").eval()

@@ -1,0 +1,134 @@
+"""The supervised warm start (SFT) of the diffusion SR policy: train_rl.py's phase 0.
+
+    python train_rl.py --sft_only             # writes out/rl/policy_sft, then stops
+    python train_rl.py --sft_only --resume    # continue an interrupted SFT
+
+RL needs a sensible starting point: a policy that already super-resolves, whose samples vary where the image
+is uncertain (texture) and not where it is not (flat regions). That is the denoising loss on (LR, HR) pairs
+(policy.sft_loss). The LR images come from data.degrade with a strength drawn per batch from a range that
+includes 0 (clean bicubic LR, the classical protocol) — 30 % of batches exactly 0 — so the policy serves both
+classical and real-world LR. The result is cached as out_dir/policy_sft: later runs reuse it.
+Lives in its own module (design.md: a new file, named after its stage, when train_rl.py would pass ~500).
+"""
+
+import json
+import math
+import os
+
+import torch
+from tqdm import tqdm
+
+import config
+import data
+from metrics import psnr_y
+from policy import PolicyConfig, estimate_residual_scale, load_policy, make_policy, save_policy
+
+P_CLEAN = 0.3  # share of SFT/RL batches with exactly clean bicubic LR (strength 0)
+
+
+def draw_strength(cfg, g: torch.Generator) -> float:
+    """LR degradation strength of one batch: 0 with probability P_CLEAN, else uniform in (0, degrade_max]."""
+    u, v = torch.rand(2, generator=g).tolist()
+    return 0.0 if u < P_CLEAN else v * cfg.degrade_max
+
+
+@torch.no_grad()
+def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) -> dict:
+    """PSNR-Y (dB) of deterministic sampling (eta = 0) vs bicubic on held-out crops, clean and degraded LR:
+    the SFT acceptance check, printed after SFT."""
+    g = torch.Generator().manual_seed(seed + 2000)
+    split = "val" if data_name == "builtin" else "train"
+    hr = data.load_pool(data_name, split, crop).crops(n, crop, g)
+    dev = next(policy.parameters()).device
+    out = {}
+    for name, strength in (("clean", 0.0), ("degraded", 0.5)):
+        lr = data.degrade(hr, strength, g).to(dev)
+        sr = policy.sample(lr, eta=0.0, generator=torch.Generator(dev).manual_seed(seed))
+        h = hr.to(dev)
+        out[name] = {
+            "policy": float(psnr_y(sr, h).mean()),
+            "bicubic": float(psnr_y(data.upsample(lr), h).mean()),
+        }
+    return out
+
+
+def train_sft(cfg, pool, dev, log):
+    """Return the SFT policy: out_dir/policy_sft if it exists, else train it (resumable) and save it there."""
+    path = os.path.join(cfg.out_dir, "policy_sft")
+    if os.path.isfile(os.path.join(path, "policy.json")):
+        print(f"reusing the cached SFT policy {path}")
+        return load_policy(path, dev)
+    g = torch.Generator().manual_seed(cfg.seed)
+    # The residual scale, estimated once from data (policy.estimate_residual_scale says why it matters).
+    hr = pool.crops(64, cfg.crop, g)
+    lr = torch.cat([data.degrade(hr[i::4], draw_strength(cfg, g), g) for i in range(4)])
+    hr = torch.cat([hr[i::4] for i in range(4)])
+    pcfg = PolicyConfig(residual_scale=estimate_residual_scale(lr, hr), block_out_channels=cfg.unet_channels)
+    policy = make_policy(pcfg).to(dev).train()
+    opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4)
+    state_path, start = os.path.join(cfg.out_dir, "state.pt"), 0
+    if cfg.resume and os.path.exists(state_path):
+        st = torch.load(state_path, weights_only=True)
+        if st.get("phase") == "sft":
+            policy.unet.load_state_dict(st["unet"])
+            opt.load_state_dict(st["opt"])
+            g.set_state(st["rng"])
+            start = int(st["step"])
+            print(f"resuming SFT at step {start}")
+    bar = tqdm(
+        range(start, cfg.sft_steps),
+        desc=f"SFT (residual scale {pcfg.residual_scale:.1f})",
+        initial=start,
+        total=cfg.sft_steps,
+    )
+    step = start
+    try:
+        for step in bar:
+            for group in opt.param_groups:  # cosine decay to 2 % of the peak rate
+                group["lr"] = cfg.sft_lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / cfg.sft_steps)))
+            hr = pool.crops(cfg.sft_batch, cfg.crop, g)
+            lr = data.degrade(hr, draw_strength(cfg, g), g)
+            loss = policy.sft_loss(hr.to(dev), lr.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), 1.0)
+            opt.step()
+            if step % 10 == 0 or step == cfg.sft_steps - 1:  # one host sync per logged step
+                loss_value = float(loss.detach())
+                log.write(json.dumps({"step": step, "phase": "sft", "loss": loss_value}) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if (step + 1) % 100 == 0:
+                config.torch_save_atomic(
+                    {
+                        "phase": "sft",
+                        "step": step + 1,
+                        "unet": policy.unet.state_dict(),
+                        "opt": opt.state_dict(),
+                        "rng": g.get_state(),
+                    },
+                    state_path,
+                )
+    except KeyboardInterrupt:
+        config.torch_save_atomic(
+            {
+                "phase": "sft",
+                "step": step,
+                "unet": policy.unet.state_dict(),
+                "opt": opt.state_dict(),
+                "rng": g.get_state(),
+            },
+            state_path,
+        )
+        raise SystemExit(f"interrupted at SFT step {step}: state saved; continue with --resume") from None
+    policy.eval()
+    save_policy(policy, path)
+    t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)
+    log.write(json.dumps({"step": cfg.sft_steps, "phase": "sft", "psnr_val": t}) + "\n")
+    print(
+        "SFT done. PSNR-Y on held-out crops (eta = 0):  "
+        + "  ".join(
+            f"{k} LR: policy {v['policy']:.2f} dB, bicubic {v['bicubic']:.2f} dB" for k, v in t.items()
+        )
+    )
+    return policy

@@ -1,0 +1,179 @@
+"""train_rl.py: the advantage algebra on hand examples, the PPO surrogate, ReFL gradients, and 2-step runs
+of both algorithms under all three curriculum modes (and the SFT phase) on tiny models."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+import train_rl
+import train_rm
+from policy import PolicyConfig, load_policy, make_policy
+from rm import RMConfig, freeze, make_rm
+
+TINY_RM = dict(widths=(4, 8, 8, 8), crop=32, batch=2, steps0=2, steps=2, val_n=4, log_every=1)
+TINY_RL = dict(
+    crop=32,
+    sft_steps=2,
+    sft_batch=2,
+    steps=2,
+    batch=1,
+    group=2,
+    sample_steps=2,
+    unet_channels=(8, 16),
+    blend=1,
+    coevolve_steps=1,
+)
+
+
+def test_local_penalty_and_pixel_advantages_by_hand():
+    # one group of G = 2 samples, maps of 1 × 2 pixels: sample 0 is worse at pixel 0, sample 1 at pixel 1
+    M = torch.tensor([[[[0.6, 0.2]]], [[[0.2, 0.4]]]])  # (2, 1, 1, 2)
+    # mean_j M = [0.4, 0.3]; deviations [+0.2, −0.1] and [−0.2, +0.1]; std_j = [0.2, 0.1] → pixel mean 0.15
+    D = train_rl.local_penalty(M, 2)
+    want = -torch.tensor([[[[0.2, -0.1]]], [[[-0.2, 0.1]]]]) / (0.15 + 1e-6)
+    assert torch.allclose(D, want, atol=1e-5)
+    # rewards 0.7, 0.5: A = ±1 (group z-score); A_i(p) = clip(A_i + 0.5 · D_i(p), ±5)
+    A = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), M, 2, 0.5, 5.0, (1, 2))
+    assert torch.allclose(A, torch.tensor([1.0, -1.0]).view(2, 1, 1, 1) + 0.5 * want, atol=1e-4)
+    A = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), M, 2, 50.0, 5.0, (1, 2))
+    assert A.abs().max() == 5.0  # clipped
+    # stage 0 (no map): λ_px terms vanish, A_i broadcast
+    A0 = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), None, 2, 0.5, 5.0, (1, 2))
+    assert torch.allclose(A0, torch.tensor([1.0, -1.0]).view(2, 1, 1, 1).expand(2, 1, 1, 2), atol=1e-4)
+
+
+def test_ppo_loss_at_theta_old_equals_plain_surrogate():
+    logp = torch.randn(2, 3, 4, 4, requires_grad=True)
+    adv = torch.randn(2, 1, 4, 4)
+    loss, ratio = train_rl.ppo_loss(logp, logp.detach(), adv, 1e-4)
+    assert torch.allclose(ratio, torch.ones_like(ratio))
+    (g1,) = torch.autograd.grad(loss, logp)
+    (g2,) = torch.autograd.grad(-(adv * logp).mean(), logp)
+    assert torch.allclose(loss, -adv.expand_as(logp).mean()) and torch.allclose(g1, g2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    policy = make_policy(PolicyConfig(block_out_channels=(8, 16), residual_scale=10.0))
+    rms = [freeze(make_rm(RMConfig(widths=(4, 8, 8, 8), stage=k))) for k in range(4)]
+    for r in rms[1:]:  # break the zero-init of the map coupling so rewards depend on the maps
+        torch.nn.init.normal_(r.map_stats.weight, std=1.0)
+    return policy, rms
+
+
+def test_equal_rewards_and_maps_give_zero_gradient(tiny):
+    policy, rms = tiny
+    cfg = train_rl.Config(**{k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__})
+    lr = torch.rand(1, 3, 8, 8)
+    # every sample of the group identical → equal rewards and maps → A = D = 0 → no gradient, 1 flat group
+    gen = torch.Generator().manual_seed(0)
+    sr, traj = policy.sample(lr.repeat(2, 1, 1, 1), 2, 1.0, gen, return_traj=True)
+    traj.x, traj.logprob = traj.x[:, :1].repeat(1, 2, 1, 1, 1), traj.logprob[:, :1].repeat(1, 2, 1, 1, 1)
+    policy.sample = lambda *a, **k: (sr[:1].repeat(2, 1, 1, 1), traj)  # noqa: E731  (a fixed rollout)
+    try:
+        policy.zero_grad()
+        sched = train_rl.Schedule("none", 3, 2)
+        _, _, stats = train_rl.pg_step(policy, None, rms, sched, 0, torch.rand(1, 3, 32, 32), lr, cfg, gen)
+    finally:
+        del policy.sample
+    grads = [p.grad for p in policy.unet.parameters() if p.grad is not None]
+    assert stats["flat_groups"] == 1 and all(g.abs().max() == 0 for g in grads)
+
+
+def test_refl_step_grads_into_unet_not_rm(tiny):
+    policy, rms = tiny
+    cfg = train_rl.Config(**{k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__})
+    policy.zero_grad()
+    sched = train_rl.Schedule("none", 3, 2)
+    hr = torch.rand(2, 3, 32, 32)
+    lr = torch.nn.functional.avg_pool2d(hr, 4)
+    loss, _, _ = train_rl.refl_step(policy, rms, sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
+    g = [p.grad for p in policy.unet.parameters()]
+    assert all(x is not None and torch.isfinite(x).all() for x in g) and sum(x.abs().sum() for x in g) > 0
+    assert all(p.grad is None for r in rms for p in r.parameters())
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("rm"))
+    train_rm.main(train_rm.Config(out_dir=out, **TINY_RM))
+    return out
+
+
+def test_train_rm_writes_every_stage(rm_dir):
+    for k in range(4):
+        assert os.path.isfile(os.path.join(rm_dir, f"rm_stage{k}", "model.safetensors"))
+    rows = [json.loads(x) for x in open(os.path.join(rm_dir, "metrics.jsonl"))]
+    assert {r["stage"] for r in rows} == {0, 1, 2, 3} and all(r["phase"] == "rm" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory, rm_dir):
+    out = str(tmp_path_factory.mktemp("sft"))
+    train_rl.main(train_rl.Config(out_dir=out, rm_dir=rm_dir, sft_only=True, **TINY_RL))
+    return out
+
+
+def test_sft_writes_loadable_policy(sft_dir):
+    pol = load_policy(os.path.join(sft_dir, "policy_sft"))
+    assert pol.upscale(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+    rows = [json.loads(x) for x in open(os.path.join(sft_dir, "metrics.jsonl"))]
+    assert rows and all(r["phase"] == "sft" for r in rows)
+
+
+@pytest.mark.parametrize(
+    "algo, curriculum, coevolve",
+    [
+        ("pg", "ccl", False),
+        ("pg", "none", False),
+        ("pg", "global", False),
+        ("refl", "ccl", False),
+        ("pg", "ccl", True),
+    ],
+)
+def test_two_step_rl_runs(tmp_path, rm_dir, sft_dir, algo, curriculum, coevolve):
+    cfg = train_rl.Config(
+        out_dir=str(tmp_path),
+        rm_dir=rm_dir,
+        algo=algo,
+        curriculum=curriculum,
+        coevolve=coevolve,
+        init_policy=os.path.join(sft_dir, "policy_sft"),
+        **TINY_RL,
+    )
+    train_rl.main(cfg)
+    rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 1]
+    for key in ("reward", "reward_final", "gold", "psnr", "stage", "blend", "phase"):
+        assert key in rows[0], key
+    assert os.path.isfile(tmp_path / "policy_final" / "policy.json")
+    # 2 steps, N = 3: ccl starts at 0, 1, 1, 2 (shares 2:1:1:1 of 2 steps) → stage 0 then stage 2
+    assert [r["stage"] for r in rows] == {"ccl": [0, 2], "none": [3, 3], "global": [0, 0]}[curriculum]
+
+
+def test_missing_rm_dir_is_one_line_error(tmp_path, sft_dir):
+    cfg = train_rl.Config(
+        out_dir=str(tmp_path),
+        rm_dir=str(tmp_path / "nope"),
+        init_policy=os.path.join(sft_dir, "policy_sft"),
+        **TINY_RL,
+    )
+    with pytest.raises(SystemExit, match="python train_rm.py"):
+        train_rl.main(cfg)
+
+
+def test_resume_continues(tmp_path, rm_dir, sft_dir):
+    base = dict(
+        out_dir=str(tmp_path),
+        rm_dir=rm_dir,
+        init_policy=os.path.join(sft_dir, "policy_sft"),
+        **{**TINY_RL, "ckpt_every": 1},
+    )
+    train_rl.main(train_rl.Config(**base))
+    train_rl.main(dataclasses.replace(train_rl.Config(**base), steps=3, resume=True))
+    rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 1, 2]

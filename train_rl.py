@@ -1,0 +1,413 @@
+"""RL fine-tuning of the diffusion SR policy with FinPercep-RM under the co-evolutionary curriculum.
+
+    python train_rm.py && python train_rl.py            # CPU defaults: SFT warm start, then RL (~6 min)
+    python train_rl.py --sft_only                       # just the supervised warm start → out/rl/policy_sft
+    python train_rl.py --algo=refl                      # the paper's ReFL instead of policy gradient
+    python train_rl.py --curriculum=none                # ablations: none (RM_N from step 0) | global (RM_0)
+    python train_rl.py --device=cuda --preset=gpu       # a real run on one GPU
+    python train_rl.py --resume                         # continue an interrupted run (Ctrl-C saves first)
+
+The loop, in the order it runs (method.md §4–5; kvablack/ddpo-pytorch is the model for its shape):
+0. SFT (sft.py): without --init_policy, a supervised warm start, cached as out_dir/policy_sft.
+1. The curriculum says which frozen RM stage(s) give the reward at this step, with which weights.
+2. pg:   sample G images per LR image (DDIM, eta > 0: a Gaussian policy) → rewards → group-normalised
+         advantages A_i, plus per-pixel local penalties from the degradation maps → per-pixel PPO loss over
+         the stored trajectory.
+   refl: sample without gradient to a random late step, one step with gradient, score its x0 prediction
+         with the frozen RM → relu(c − reward) (+ the supervised regulariser).
+3. Log reward / reward_final (RM_N on the same samples) / gold (label map vs HR) / psnr, so hacking — proxy
+   up, gold not — is visible while it happens. Checkpoints at every curriculum switch and at the end.
+"""
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import config
+import data
+import sft
+from curriculum import Schedule, rm_difficulty
+from metrics import label_map, psnr_y
+from policy import load_policy, save_policy
+from rm import freeze, load_rm, reward, rm_losses, smooth_max
+
+
+@dataclass
+class Config:
+    out_dir: str = "out/rl"  # policy_sft/, policy_stage{k}/, policy_final/, metrics.jsonl, state.pt
+    data: str = "builtin"  # 'builtin' or a folder of HR images (LR made by data.degrade)
+    seed: int = 0  # one seed for data, noise and init
+    device: str = "auto"  # auto = cuda when present
+    preset: str = "cpu"  # cpu | gpu
+    resume: bool = False  # continue from out_dir/state.pt (SFT or RL, whichever was running)
+    init_policy: str = ""  # start RL from this policy directory instead of SFT
+    sft_only: bool = False  # stop after the SFT warm start
+    rm_dir: str = "out/rm"  # train_rm.py's out_dir: rm_stage0 … rm_stageN
+    algo: str = "pg"  # pg (policy gradient with map-based local penalties) | refl (the paper's)
+    curriculum: str = "ccl"  # ccl | none (RM_N throughout) | global (RM_0 throughout)
+    switch: str = "fixed"  # fixed (at fractions of the run) | plateau (when the reward's average stalls)
+    blend: int = 10  # steps of linear blend between consecutive RM stages
+    coevolve: bool = False  # refresh each next RM stage on the current policy's samples at a switch (ours)
+    coevolve_steps: int = 20  # RM fine-tuning steps per switch when --coevolve
+    # --- SFT warm start (sft.py)
+    crop: int = 64  # HR crop size; LR is crop / 4
+    sft_steps: int = 400  # supervised steps (about 2.5 min on 2 CPU cores)
+    sft_batch: int = 16
+    sft_lr: float = 2e-3  # AdamW; cosine-decayed
+    degrade_max: float = 0.5  # LR degradation strength range [0, degrade_max]; 30 % of batches exactly 0
+    unet_channels: tuple = (32, 64, 64)  # the policy UNet's widths (~1M params, no attention: CPU-friendly)
+    # --- RL
+    steps: int = 120  # RL optimiser steps
+    batch: int = 2  # LR images per step
+    group: int = 4  # G samples per LR image (same LR, different noise): the advantage baseline
+    sample_steps: int = 10  # K DDIM steps per rollout (Flow-GRPO trains with 10)
+    eta: float = 1.0  # DDIM eta: 1 = every step a full Gaussian (DDPO's choice)
+    lr: float = 3e-5  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA; full fine-tuning wants less)
+    grad_clip: float = 1.0  # global grad-norm clip
+    adv_clip: float = 5.0  # advantages clipped to ±5 (DDPO)
+    ppo_clip: float = 1e-4  # PPO ratio clip (DDPO); active only when ppo_epochs > 1 (ratio = 1 at θ_old)
+    ppo_epochs: int = 1  # passes over each stored trajectory
+    lam_px: float = 0.5  # λ_px: weight of the map-based local penalty in the per-pixel advantage
+    fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
+    lam1: float = 0.5  # fused reward weights
+    lam2: float = 0.5
+    beta_kl: float = 0.0  # KL to the SFT policy on step means (pg); Flow-GRPO advice: start at 0
+    lam_sft: float = 0.0  # supervised loss as a regulariser (pg; refl uses lam_sft_refl)
+    lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
+    refl_last: int = 3  # refl: stop at one of the last refl_last steps (ImageReward: steps 30–39 of 40)
+    refl_c: float = 1.0  # refl: relu(c − reward); scores live in [0, 1], so c = 1 is "always push up"
+    refl_scale: float = 1.0  # refl: loss scale; with Adam only its ratio to lam_sft_refl matters
+    lam_sft_refl: float = 1.0  # refl: supervised regulariser (ImageReward: without it images degrade)
+    log_every: int = 1  # metrics.jsonl every optimiser step (one host sync each)
+    ckpt_every: int = 25  # state.pt every N steps
+
+
+PRESETS = {
+    "cpu": {},
+    "gpu": {
+        "crop": 256,
+        "sft_steps": 20000,
+        "sft_batch": 32,
+        "steps": 2000,
+        "batch": 8,
+        "group": 8,
+        "ckpt_every": 200,
+    },
+}
+
+
+def load_rms(rm_dir: str, dev) -> list:
+    """Every RM stage under rm_dir, frozen (the rewards are fixed functions during RL)."""
+    if not os.path.isdir(os.path.join(rm_dir, "rm_stage0")):
+        raise config.ConfigError(
+            f"no reward model in '{rm_dir}' (rm_stage0/ missing); run `python train_rm.py`"
+            f" first or pass --rm_dir=DIR"
+        )
+    rms, k = [], 0
+    while os.path.isdir(os.path.join(rm_dir, f"rm_stage{k}")):
+        rms.append(freeze(load_rm(os.path.join(rm_dir, f"rm_stage{k}"), dev)))
+        k += 1
+    return rms
+
+
+@torch.no_grad()
+def score_all(rms, sr, cfg, need) -> tuple[dict, dict]:
+    """Rewards (B,) and maps (B,1,H,W) of the stages in `need`, without gradient (pg, and logging).
+    One RM forward per stage: the fused reward is assembled from the same score and map (rm.reward)."""
+    rewards, maps = {}, {}
+    for s in sorted(need):
+        score, dmap = rms[s](sr)
+        fused = cfg.fused and dmap is not None  # stage 0 has no map: its score alone
+        rewards[s] = cfg.lam1 * score + cfg.lam2 * (1 - smooth_max(dmap)) if fused else score
+        maps[s] = dmap
+    return rewards, maps
+
+
+def lr_error(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """|down(SR) − LR| per image, (B,). Antialiased bicubic ×1/4 is what made clean LR (data.degrade at
+    strength 0), so this is exact for clean LR and only approximate for degraded LR (blur, noise, JPEG)."""
+    down = F.interpolate(sr, scale_factor=1 / data.SCALE, mode="bicubic", antialias=True, align_corners=False)
+    return (down - lr).abs().mean((1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Policy gradient with map-based local penalties (method.md §4 [ours])
+
+
+def group_advantages(r: torch.Tensor, G: int, clip: float) -> torch.Tensor:
+    """A_i = (r_i − mean_group) / (std_group + ε), clipped: the GRPO baseline. r is (B·G,), groups adjacent"""
+    g = r.view(-1, G)
+    a = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, unbiased=False) + 1e-6)
+    return a.clamp(-clip, clip).view(-1)
+
+
+def local_penalty(M: torch.Tensor, G: int) -> torch.Tensor:
+    """D_i(p) = −(M_i(p) − mean_j M_j(p)) / (pixel-mean of std_j M_j(p) + ε), (B·G, 1, H, W).
+
+    A pixel that is more degraded than in the group's other samples gets a negative local advantage; the
+    normaliser is one number per group, so D keeps the map's spatial contrast (a per-pixel std would blow up
+    where the group agrees)."""
+    m = M.view(-1, G, *M.shape[1:])
+    dev = m - m.mean(1, keepdim=True)
+    scale = m.std(1, keepdim=True, unbiased=False).mean((2, 3, 4), keepdim=True)
+    return (-dev / (scale + 1e-6)).view_as(M)
+
+
+def pixel_advantages(r, M, G, lam_px, clip, size):
+    """A_i(p) = clip(A_i + λ_px · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W)."""
+    A = group_advantages(r, G, clip).view(-1, 1, 1, 1)
+    if M is None or lam_px == 0:
+        return A.expand(-1, 1, *size)
+    D = F.interpolate(local_penalty(M, G), size=size, mode="bilinear", align_corners=False)
+    return (A + lam_px * D).clamp(-clip, clip)
+
+
+def ppo_loss(logp, logp_old, adv, clip):
+    """Per-pixel PPO-clip surrogate, averaged over pixels: −mean(min(ρ·A, clip(ρ, 1±ε)·A)), ρ = e^(logp−old).
+    At θ = θ_old, ρ = 1 and this is −mean(A·logp) in value and gradient: the plain policy gradient."""
+    ratio = torch.exp(logp - logp_old)
+    surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    return -surr.mean(), ratio
+
+
+def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen):
+    """One policy-gradient update. Returns (loss, stats) — stats are 0-dim tensors (synced when logged)."""
+    G, weights = cfg.group, sched.at(step)
+    lr_g = lr.repeat_interleave(G, 0)  # G samples per LR image: same LR, different noise
+    sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)  # rollout, no grad
+    rewards, maps = score_all(rms, sr, cfg, {s for s, _ in weights} | {len(rms) - 1})
+    r = sum(w * rewards[s] for s, w in weights)
+    if cfg.lam_lr > 0:  # LR consistency as a reward penalty: SR is a sample here, not differentiable
+        r = r - cfg.lam_lr * lr_error(sr, lr_g)
+    with_map = [(s, w) for s, w in weights if maps[s] is not None]
+    M = sum(w * maps[s] for s, w in with_map) if with_map else None  # blended map; none at stage 0
+    adv = pixel_advantages(r, M, G, cfg.lam_px, cfg.adv_clip, sr.shape[-2:]).detach()
+    # A group whose rewards (and maps) are all equal has A = D = 0: it contributes nothing. Count them.
+    flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
+    if M is not None:
+        flat &= M.view(-1, G, M[0].numel()).std(1, unbiased=False).amax(1) < 1e-8
+    K = traj.logprob.shape[0]
+    for _ in range(cfg.ppo_epochs):
+        for k in range(K):  # a loop over the K steps; every sample of the batch is in each call
+            logp = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr_g, traj.steps, traj.eta)
+            loss, ratio = ppo_loss(logp, traj.logprob[k], adv, cfg.ppo_clip)
+            if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
+                mean, std = policy.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
+                with torch.no_grad():
+                    mean_ref, _ = ref.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
+                loss = loss + cfg.beta_kl * ((mean - mean_ref) ** 2).mean() / (2 * std**2)
+            (loss / (K * cfg.ppo_epochs)).backward()  # backward per step: one UNet graph alive at a time
+    if cfg.lam_sft > 0:
+        (cfg.lam_sft * policy.sft_loss(hr, lr)).backward()
+    log_ratio = logp.detach() - traj.logprob[K - 1]  # of the last step computed: for approx KL
+    stats = {
+        "reward": r.mean(),
+        "reward_std": r.std(),
+        "reward_final": rewards[len(rms) - 1].mean(),
+        "approx_kl": 0.5 * (log_ratio**2).mean(),
+        "clip_frac": ((ratio - 1).abs() > cfg.ppo_clip).float().mean(),
+        "flat_groups": flat.sum().float(),
+        **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards},
+    }
+    return loss, sr, stats
+
+
+# ----------------------------------------------------------------------------------------------------
+# ReFL (method.md §4): the paper's algorithm
+
+
+def refl_step(policy, rms, sched, step, hr, lr, cfg, gen):
+    """One ReFL update: no-grad sampling to a random late step, one step with grad, reward of its x0."""
+    K = cfg.sample_steps
+    stop = int(
+        torch.randint(
+            max(0, K - cfg.refl_last),
+            K,
+            (),
+            generator=torch.Generator().manual_seed(cfg.seed * 100003 + step),
+        )
+    )
+    sr = policy.refl_sample(lr, K, stop, cfg.eta, gen)  # differentiable w.r.t. the UNet
+    weights = sched.at(step)
+    r = sum(w * reward(rms[s], sr, cfg.fused, cfg.lam1, cfg.lam2) for s, w in weights)
+    loss = cfg.refl_scale * F.relu(cfg.refl_c - r).mean()  # relu(c − r): push the reward up until c
+    if cfg.lam_sft_refl > 0:
+        loss = loss + cfg.lam_sft_refl * policy.sft_loss(hr, lr)
+    if cfg.lam_lr > 0:
+        loss = loss + cfg.lam_lr * lr_error(sr, lr).mean()
+    loss.backward()
+    with torch.no_grad():
+        final = rms[-1](sr.detach())[0]
+    return (
+        loss,
+        sr.detach(),
+        {
+            "reward": r.detach().mean(),
+            "reward_std": r.detach().std(unbiased=False),
+            "reward_final": final.mean(),
+            "reward_var": r.detach().var(unbiased=False),
+        },
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Strict co-evolution (ours, beyond the paper): refresh RM_k on the current policy's samples at a switch
+
+
+def coevolve(rms, k, policy, pool, cfg, g, dev):
+    """Fine-tune RM_k briefly on FGR triplets whose SR images are the current policy's samples, labelled by
+    the label function (which knows HR), with RM_0 as the L_align anchor. Returns the refreshed, frozen RM."""
+    model = rms[k]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+
+    @torch.no_grad()
+    def member(hr, lr, strength, gg):  # the policy as the only "SR model" of these triplets
+        return policy.sample(lr, cfg.sample_steps, cfg.eta)
+
+    for _ in range(cfg.coevolve_steps):
+        batch = data.fgr_batch(
+            pool, 8, cfg.crop, rm_difficulty(k, len(rms) - 1), g, [member], dev, p_classical=0.0, p_hooks=1.0
+        )
+        loss, _ = rm_losses(model, batch, rms[0], lam_gold=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return freeze(model)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(cfg: Config) -> str:
+    if cfg.algo not in ("pg", "refl"):
+        raise config.ConfigError(f"--algo={cfg.algo} unknown; use pg or refl")
+    dev = config.pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    config.save_config(cfg, cfg.out_dir)
+    pool = data.load_pool(cfg.data, "train", cfg.crop)
+    log = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a" if cfg.resume else "w")
+
+    # 0. The starting policy: --init_policy, else the cached or freshly trained SFT policy.
+    if cfg.init_policy:
+        policy = load_policy(cfg.init_policy, dev)
+    else:
+        policy = sft.train_sft(cfg, pool, dev, log)
+    if cfg.sft_only:
+        log.close()
+        return cfg.out_dir
+    rms = load_rms(cfg.rm_dir, dev)
+    N = len(rms) - 1
+    ref = load_policy(
+        os.path.join(cfg.out_dir, "policy_sft") if not cfg.init_policy else cfg.init_policy, dev
+    )
+    ref = freeze(ref) if cfg.beta_kl > 0 else None  # the KL anchor, only loaded when used
+
+    sched = Schedule(cfg.curriculum, N, cfg.steps, blend=cfg.blend, switch=cfg.switch)
+    policy.train()
+    opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed + 1)  # data draws
+    state_path, start, nan_streak = os.path.join(cfg.out_dir, "state.pt"), 0, 0
+    if cfg.resume and os.path.exists(state_path):
+        st = torch.load(state_path, weights_only=True)  # tensors, numbers and strings only
+        if st.get("phase") == "rl":
+            policy.unet.load_state_dict(st["unet"])
+            opt.load_state_dict(st["opt"])
+            sched.load_state_dict(json.loads(st["sched"]))
+            g.set_state(st["rng"])
+            start = int(st["step"])
+            print(f"resuming RL at step {start}")
+
+    def save_state(step):
+        config.torch_save_atomic(
+            {
+                "phase": "rl",
+                "step": step,
+                "unet": policy.unet.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": json.dumps(sched.state_dict()),
+                "rng": g.get_state(),
+            },
+            state_path,
+        )
+
+    bar = tqdm(
+        range(start, cfg.steps), desc=f"RL {cfg.algo}/{cfg.curriculum}", initial=start, total=cfg.steps
+    )
+    step = start
+    try:
+        for step in bar:
+            stage = sched.stage_at(step)
+            if step > 0 and stage != sched.stage_at(step - 1):  # a curriculum switch: checkpoint first
+                save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
+                if cfg.coevolve:
+                    rms[stage] = coevolve(rms, stage, policy, pool, cfg, g, dev)
+            hr = pool.crops(cfg.batch, cfg.crop, g).to(dev)
+            lr = data.degrade(hr, sft.draw_strength(cfg, g), g)
+            gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step)  # the rollout noise
+            opt.zero_grad(set_to_none=True)
+            if cfg.algo == "pg":
+                loss, sr, stats = pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen)
+                hr_eval = hr.repeat_interleave(cfg.group, 0)
+            else:
+                loss, sr, stats = refl_step(policy, rms, sched, step, hr, lr, cfg, gen)
+                hr_eval = hr
+            gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
+            # The one host sync of the step: is it finite? (and the numbers of the log row)
+            if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
+                nan_streak += 1
+                warnings.warn(f"step {step}: non-finite loss or gradient, update skipped", stacklevel=1)
+                if nan_streak >= 10:
+                    raise SystemExit("error: 10 non-finite steps in a row; lower --lr or raise --grad_clip")
+                continue
+            nan_streak = 0
+            opt.step()
+            if cfg.switch == "plateau":
+                sched.update(step, float(stats["reward"]))
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                w = sched.at(step)
+                with torch.no_grad():
+                    gold, psnr = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
+                row = {
+                    "step": step,
+                    "phase": "rl",
+                    "stage": stage,
+                    "blend": w[-1][1],
+                    "weights": w,
+                    "loss": float(loss.detach()),
+                    "gold": float(gold),
+                    "psnr": float(psnr),
+                    "grad_norm": float(gnorm),
+                    **{k: float(v) for k, v in stats.items()},
+                }
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(
+                    stage=stage,
+                    r=f"{row['reward']:.3f}",
+                    rN=f"{row['reward_final']:.3f}",
+                    gold=f"{row['gold']:.3f}",
+                )
+            if (step + 1) % cfg.ckpt_every == 0:
+                save_state(step + 1)
+    except KeyboardInterrupt:
+        save_state(step)
+        log.close()
+        raise SystemExit(f"interrupted at step {step}: state saved; continue with --resume") from None
+    save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{sched.stage_at(cfg.steps - 1)}"))
+    save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))
+    save_state(cfg.steps)
+    log.close()
+    return cfg.out_dir
+
+
+if __name__ == "__main__":
+    main(config.parse(Config, presets=PRESETS))
