@@ -73,8 +73,8 @@ PRESETS = {
 
 
 def make_val_set(cfg_data: str, n: int, crop: int, seed: int, n_stages: int) -> dict:
-    """The fixed held-out set: FGR triplets at the curriculum's middle difficulty from held-out photos, their clean
-    bicubic ×4 upsamples, and clean images with one small (≤ 5 % area) artifact pasted in."""
+    """The fixed held-out set: FGR triplets at the curriculum's middle difficulty from held-out photos, their
+    clean bicubic ×4 upsamples, and clean images with one small (≤ 5 % area) artifact pasted in."""
     g = torch.Generator().manual_seed(seed + 1000)  # its own stream: independent of the training draws
     pool = data.load_pool(cfg_data, "val" if cfg_data == "builtin" else "train", crop)
     v = data.fgr_batch(pool, n, crop, val_difficulty(), g)
