@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from config import ConfigError, atomic_dir, read_kind, write_json
+from metrics import SCALES, texture_energy
+
+N_TEXTURE = 5 * len(SCALES)  # channels of metrics.texture_energy: 4 orientations + contrast per scale
 
 
 @dataclasses.dataclass
@@ -42,6 +45,7 @@ class RMConfig:
     hidden: int = 128  # width of the score MLP's hidden layer
     groups: int = 8  # GroupNorm groups (not BatchNorm: a reward must not depend on the rest of the batch)
     map_bias: float = -2.0  # head_1 starts at sigmoid(-2) ≈ 0.12: label maps are mostly near zero
+    texture_input: bool = True  # feed log texture energies (metrics.texture_energy) beside RGB; see stem
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -78,7 +82,14 @@ class FinPercepRM(nn.Module):
         self.stage, self.n_stages, self.stride = k, N, 2**N
         # Encoder: a light full-resolution stem (one conv: full-res convs dominate CPU time), then N
         # stride-2 levels giving f_1..f_N (method.md §1). f_0 = the stem is the finest skip connection.
-        self.stem = conv_block(3, w[0], cfg.groups, n=1)
+        # [ours] The stem sees RGB and, when texture_input, the log of the image's own multi-scale texture
+        # energies (the label function's φ applied to the SR image alone: no reference involved). In log space
+        # a ratio of energies across scales is a difference, one linear filter away: "edges 4 px wide where
+        # natural images have 1 px edges" (blur), "energy at the finest scale only" (noise, checkerboard),
+        # "overshoot beside edges" (halos). Learning these from RGB alone took far more steps than a CPU
+        # budget allows (the maps stayed flat on blur, halos and painterly smoothing).
+        c_in = 3 + (N_TEXTURE if cfg.texture_input else 0)
+        self.stem = conv_block(c_in, w[0], cfg.groups, n=1)
         self.down = nn.ModuleList(conv_block(w[i - 1], w[i], cfg.groups, stride=2) for i in range(1, N + 1))
         # Decoder level j (1..k) works at the resolution of f_{N-j}, FPN style: a 1x1 conv brings the coarser
         # decoder features to the skip's width (at the coarse size, where it is cheap), upsample ×2, add the
@@ -139,7 +150,10 @@ class FinPercepRM(nn.Module):
         native resolution (B,1,H/2**(N-k),W/2**(N-k)) where L_map compares; both None at stage 0."""
         self.check(images)
         N, k = self.n_stages, self.stage
-        feats = [self.stem(images * 2 - 1)]  # centre the [0, 1] input
+        x = images * 2 - 1  # centre the [0, 1] input
+        if self.cfg.texture_input:  # log energies, shifted/scaled to about [-1, 1] (energies span 0.01–0.5)
+            x = torch.cat([x, (torch.log(texture_energy(images) + 0.01) + 3.0) / 1.5], dim=1)
+        feats = [self.stem(x)]
         for level in self.down:
             feats.append(level(feats[-1]))
         f_N = feats[-1]

@@ -43,11 +43,13 @@ class Config:
     preset: str = "cpu"  # cpu | gpu: named defaults below
     resume: bool = False  # continue from out_dir/state.pt
     n_stages: int = 3  # N: RM_0 … RM_N; each later stage adds one finer decoder level
-    widths: tuple = (16, 32, 64, 96)  # encoder widths (stem + N levels); total stride 2**N = 8
+    widths: tuple = (12, 24, 48, 96)  # encoder widths (stem + N levels); total stride 2**N = 8
     crop: int = 64  # HR crop size (the acceptance checks use 64×64)
     batch: int = 16  # triplets per step: 3 × batch images per forward
-    steps0: int = 150  # RM_0 steps: global ranking learns fast, and it anchors every later stage
-    steps: int = 110  # steps of each later stage RM_1 … RM_N
+    # Steps per stage RM_0 … RM_N. RM_0 (global ranking) anchors every later stage; the last stage gets the
+    # most, since its full-resolution map is what RL reads and the middle stages only pass on a coarser map.
+    stage_steps: tuple = (120, 60, 60, 150)
+    p_classical: float = 0.5  # share of classical upsamples (bicubic …) among I_SR: "blur is a defect"
     lr: float = 2e-3  # AdamW; small conv nets on tiny images tolerate a large rate
     weight_decay: float = 1e-4
     lam_map: float = 1.0  # λ_map (method.md §3)
@@ -64,7 +66,7 @@ class Config:
 PRESETS = {
     "cpu": {},
     # One GPU: 4× the batch and steps at 64×64, a wider encoder. Bigger crops work too (any multiple of 8).
-    "gpu": {"batch": 64, "steps0": 600, "steps": 500, "widths": (32, 64, 128, 192), "val_n": 256},
+    "gpu": {"batch": 64, "stage_steps": (600, 400, 400, 1000), "widths": (32, 64, 128, 192), "val_n": 256},
 }
 
 
@@ -180,6 +182,8 @@ def policy_zoo_member(policy_dir: str, device):
 
 def main(cfg: Config) -> str:
     dev = config.pick_device(cfg.device)
+    if len(cfg.stage_steps) != cfg.n_stages + 1:
+        raise config.ConfigError(f"--stage_steps needs {cfg.n_stages + 1} numbers (RM_0 … RM_{cfg.n_stages})")
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
     config.save_config(cfg, cfg.out_dir)
@@ -210,14 +214,16 @@ def main(cfg: Config) -> str:
         if first > 0:  # resuming inside this stage: its weights and optimiser moments come from state.pt
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])
-        n_steps = cfg.steps0 if stage == 0 else cfg.steps
+        n_steps = cfg.stage_steps[stage]
         diff = rm_difficulty(stage, cfg.n_stages)
         bar = tqdm(range(first, n_steps), desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", leave=False)
         for step in bar:
             # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / n_steps)))
-            batch = data.fgr_batch(pool, cfg.batch, cfg.crop, diff, g, sr_models=hooks, device=dev)
+            batch = data.fgr_batch(
+                pool, cfg.batch, cfg.crop, diff, g, hooks, dev, p_classical=cfg.p_classical
+            )
             loss, parts = rm_losses(
                 model,
                 batch,

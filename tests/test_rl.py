@@ -13,7 +13,7 @@ import train_rm
 from policy import PolicyConfig, load_policy, make_policy
 from rm import RMConfig, freeze, make_rm
 
-TINY_RM = dict(widths=(4, 8, 8, 8), crop=32, batch=2, steps0=2, steps=2, val_n=4, log_every=1)
+TINY_RM = dict(widths=(4, 8, 8, 8), crop=32, batch=2, stage_steps=(2, 2, 2, 2), val_n=4, log_every=1)
 TINY_RL = dict(
     crop=32,
     sft_steps=2,
