@@ -329,6 +329,11 @@ def make_policy(cfg: PolicyConfig = None) -> Policy:
         add_attention=False,  # no attention in the mid block either
         norm_num_groups=cfg.norm_groups,
     )
+    # Zero-initialised output layer: a fresh policy predicts x0 = 0, i.e. it *is* bicubic upsampling (eta = 0
+    # returns up(LR) up to a ~1e-3 remnant of the noise), so SFT starts from the classical baseline and only
+    # learns corrections. The layer still gets gradients (its input is non-zero), so nothing is frozen.
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
     return Policy(cfg, unet, make_scheduler(cfg))
 
 
