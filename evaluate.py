@@ -459,7 +459,7 @@ def main(cfg: Config) -> str:
     iqa, iqa_msg = load_iqa(dev)
     results, per_image, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
-    val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed, rcfg.n_stages)
+    val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
     rm_rows = [{"stage": k, **train_rm.validate(rm, val)} for k, rm in enumerate(rms)]
     figures(cfg, arms, rms, shown, val, cfg.out_dir)
     algos = sorted({a.split("/")[0] for a in arms if "/" in a}, key=lambda a: a != cfg.algo)

@@ -334,7 +334,12 @@ def reward(
     plain: the map-coupled score S (already sensitive to local defects through the gate, method.md §1).
     fused: R = λ1·S + λ2·(1 - smooth_max(M)) (method.md §4): the worst region counts directly.
     Stage 0 has no map, so it is always the score alone. With λ1 + λ2 = 1 the reward stays in [0, 1]."""
-    score, dmap = model(images)
+    return fuse(*model(images), fused, lam1, lam2, topk, tau)
+
+
+def fuse(score, dmap, fused=False, lam1=0.5, lam2=0.5, topk=0.01, tau=None) -> torch.Tensor:
+    """reward() from an RM output already in hand (score, dmap): callers that also need the map (the
+    policy-gradient loop) pay for one RM forward, not two. Stage 0 (dmap None) gives the score alone."""
     if not fused or dmap is None:
         return score
     return lam1 * score + lam2 * (1 - smooth_max(dmap, topk, tau))

@@ -35,7 +35,7 @@ import sft
 from curriculum import Schedule, rm_difficulty
 from metrics import label_map, psnr_y
 from policy import load_policy, save_policy
-from rm import freeze, load_rm, reward, rm_losses, smooth_max
+from rm import freeze, fuse, load_rm, reward, rm_losses
 
 
 @dataclass
@@ -126,12 +126,11 @@ def load_rms(rm_dir: str, dev) -> list:
 @torch.no_grad()
 def score_all(rms, sr, cfg, need) -> tuple[dict, dict]:
     """Rewards (B,) and maps (B,1,H,W) of the stages in `need`, without gradient (pg, and logging).
-    One RM forward per stage: the fused reward is assembled from the same score and map (rm.reward)."""
+    One RM forward per stage: the fused reward is assembled from the same score and map (rm.fuse)."""
     rewards, maps = {}, {}
     for s in sorted(need):
         score, dmap = rms[s](sr)
-        fused = cfg.fused and dmap is not None  # stage 0 has no map: its score alone
-        rewards[s] = cfg.lam1 * score + cfg.lam2 * (1 - smooth_max(dmap)) if fused else score
+        rewards[s] = fuse(score, dmap, cfg.fused, cfg.lam1, cfg.lam2)  # stage 0: its score alone
         maps[s] = dmap
     return rewards, maps
 

@@ -74,7 +74,7 @@ PRESETS = {
 # Validation: the per-stage table (also used by evaluate.py's reward-model table)
 
 
-def make_val_set(cfg_data: str, n: int, crop: int, seed: int, n_stages: int) -> dict:
+def make_val_set(cfg_data: str, n: int, crop: int, seed: int) -> dict:
     """The fixed held-out set: FGR triplets at the curriculum's middle difficulty from held-out photos, their
     clean bicubic ×4 upsamples, and clean images with one small (≤ 5 % area) artifact pasted in."""
     g = torch.Generator().manual_seed(seed + 1000)  # its own stream: independent of the training draws
@@ -191,7 +191,7 @@ def main(cfg: Config) -> str:
     log = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a" if cfg.resume else "w")
     pool = data.load_pool(cfg.data, "train", cfg.crop)
     hooks = [policy_zoo_member(cfg.policy, dev)] if cfg.policy else None
-    v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed, cfg.n_stages)
+    v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
 
     model = make_rm(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
