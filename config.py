@@ -110,6 +110,27 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def fast_math(dev: torch.device) -> None:
+    """TF32 matmuls and convolutions on NVIDIA GPUs (~10-bit mantissa in the products, fp32 accumulate):
+    several times the fp32 throughput for no visible change in these losses. No effect on CPU."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes in the loops: let cuDNN pick its fastest kernels
+
+
+def amp_dtype(amp: str):
+    """--amp=fp32 | bf16 -> None | torch.bfloat16: the dtype of the autocast regions (the networks only)."""
+    if amp not in ("fp32", "bf16"):
+        raise ConfigError(f"--amp={amp} unknown; use fp32 or bf16")
+    return torch.bfloat16 if amp == "bf16" else None
+
+
+def autocast(dev: torch.device, dtype):
+    """Mixed precision where dtype is set (bf16 needs no loss scaling), a no-op context otherwise."""
+    return torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Atomic writes: a checkpoint is either the old complete one or the new complete one, never half of each.
 

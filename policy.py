@@ -95,6 +95,23 @@ class Policy(nn.Module):
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone(), persistent=False)
         # The last down block of UNet2DModel does not downsample, so the total stride is 2^(levels - 1).
         self.stride = 2 ** (len(unet.config.block_out_channels) - 1)
+        # Mixed precision of the UNet alone (train_rl --amp=bf16); None = fp32. Not saved with the policy.
+        self.amp = None
+
+    def speed(self, amp=None, channels_last: bool = False) -> "Policy":
+        """Speed settings of a training run (not saved): bf16 autocast of the UNet (amp=torch.bfloat16) and
+        the NHWC memory format, which tensor-core convolutions prefer. Returns self."""
+        self.amp = amp
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        return self
+
+    def net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet forward, under bf16 autocast when self.amp is set. Its output is cast back to fp32, so
+        the DDIM mean, the Gaussian log-probs and the PPO ratios are always computed in full precision
+        (bf16 has 8 mantissa bits: a log-prob of a 64×64 image summed in bf16 would be mostly rounding)."""
+        with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            return self.unet(x, t).sample.float()
 
     # ------------------------------------------------------------------------------------------------
     # encode / decode: the only place that knows the diffusion "space". For a pretrained latent SR model
@@ -131,7 +148,7 @@ class Policy(nn.Module):
         """
         # t as a tensor made on the device (a fill, not a host->device copy, which would sync).
         t_vec = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        model_output = self.unet(torch.cat([x_t, cond], dim=1), t_vec).sample
+        model_output = self.net(torch.cat([x_t, cond], dim=1), t_vec)
         out = self.scheduler.step(model_output, t, x_t, eta=eta, variance_noise=torch.zeros_like(x_t))
         # sigma_t(eta) = eta * sqrt((1 - a_prev)/(1 - a_t) * (1 - a_t/a_prev)), DDIM eq. 16. The prev
         # timestep is computed the way scheduler.step does; with set_alpha_to_one=False the last step
@@ -288,7 +305,7 @@ class Policy(nn.Module):
         eps = self._noise(x0.shape, generator, x0)  # eps ~ N(0, I)
         abar = self.alphas_cumprod[t].view(b, 1, 1, 1)  # the device copy (see __init__)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        pred = self.unet(torch.cat([x_t, self.condition(lr)], dim=1), t).sample
+        pred = self.net(torch.cat([x_t, self.condition(lr)], dim=1), t)
         if self.cfg.prediction_type == "sample":
             target = x0
         elif self.cfg.prediction_type == "epsilon":

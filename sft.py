@@ -63,9 +63,16 @@ def train_sft(cfg, pool, dev, log):
     hr = pool.crops(64, cfg.crop, g)
     lr = torch.cat([data.degrade(hr[i::4], draw_strength(cfg, g), g) for i in range(4)])
     hr = torch.cat([hr[i::4] for i in range(4)])
-    pcfg = PolicyConfig(residual_scale=estimate_residual_scale(lr, hr), block_out_channels=cfg.unet_channels)
-    policy = make_policy(pcfg).to(dev).train()
-    opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4)
+    pcfg = PolicyConfig(
+        residual_scale=estimate_residual_scale(lr, hr),
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=cfg.unet_layers,
+    )
+    policy = make_policy(pcfg).to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
+    # fused AdamW: one kernel for the whole update on CUDA (the CPU path has no fused variant worth using)
+    opt = torch.optim.AdamW(
+        policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4, fused=dev.type == "cuda"
+    )
     state_path, start = os.path.join(cfg.out_dir, "state.pt"), 0
     if cfg.resume and os.path.exists(state_path):
         st = torch.load(state_path, weights_only=True)
