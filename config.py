@@ -193,3 +193,77 @@ def read_kind(path: str, want: str, fix: str) -> dict:
     if obj.get("kind") != want:
         raise ConfigError(f"'{path}' holds kind '{obj.get('kind')}', not '{want}'; make one with `{fix}`")
     return obj
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distributed data parallel: `torchrun --nproc_per_node=N train_rl.py` runs the same script N times.
+# torchrun sets RANK / WORLD_SIZE / LOCAL_RANK in each process's environment; without them (plain `python`)
+# everything below is a no-op and the scripts run as one process. Each rank draws its own data (seeds offset
+# by rank), DistributedDataParallel averages the gradients, and rank 0 alone logs, validates and writes
+# files, so the effective batch is N × --batch.
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a plain single-process run): the one process that logs and writes files."""
+    return rank() == 0
+
+
+def setup(device: str = "auto") -> torch.device:
+    """pick_device, plus the process group when launched by torchrun: nccl on GPUs, gloo on CPU. Under
+    torchrun each process takes the GPU of its LOCAL_RANK (one process per GPU)."""
+    dev = pick_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return dev
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dev
+
+
+def ddp(module: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
+    """Wrap for gradient averaging across ranks (unchanged module in a single-process run). The networks
+    here have no buffers that change in training (GroupNorm, no BatchNorm), so none are broadcast."""
+    if world() == 1:
+        return module
+    ids = [dev.index] if dev.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+
+def mean_over_ranks(values: dict) -> dict:
+    """Average a dict of 0-dim tensors over the ranks in one all-reduce (for the log row, and so every rank
+    takes the same decisions: the NaN skip, a plateau switch). Identity in a single-process run."""
+    if world() == 1:
+        return values
+    keys = sorted(values)
+    flat = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    torch.distributed.all_reduce(flat)
+    return dict(zip(keys, flat / world(), strict=True))
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will read)."""
+    if world() > 1:
+        torch.distributed.barrier()
+
+
+def teardown() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def broadcast_module(module: torch.nn.Module) -> torch.nn.Module:
+    """Copy rank 0's parameters to every rank (after a step that ran separately on each rank)."""
+    if world() > 1:
+        for p in module.parameters():
+            torch.distributed.broadcast(p.data, 0)
+    return module

@@ -18,6 +18,7 @@ Log-probs are kept PER PIXEL (K, B, 3, H, W): the RL loop can weight each pixel 
 from the reward model's degradation map (B, 1, H, W broadcasts over channels), method.md §4.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
-from config import ConfigError, atomic_dir, read_kind, write_json
+from config import ConfigError, atomic_dir, ddp, read_kind, write_json
 
 SCALE = 4  # the SR factor everywhere in this project (design.md: "Scale x4")
 
@@ -106,12 +107,26 @@ class Policy(nn.Module):
             self.unet.to(memory_format=torch.channels_last)
         return self
 
+    def distribute(self, dev) -> "Policy":
+        """Route the UNet forward through DistributedDataParallel when torchrun launched several ranks, so
+        every backward averages the gradients. The wrapper is kept out of the module tree (a plain attribute
+        dict entry): state_dict, save_policy and the optimiser keep seeing the bare UNet. Returns self."""
+        if "_ddp" not in self.__dict__:  # idempotent: SFT and RL share one wrapper (and one set of hooks)
+            self.__dict__["_ddp"] = ddp(self.unet, dev)
+        return self
+
+    def no_sync(self):
+        """Accumulate gradients locally (no all-reduce) inside this context: pg backpropagates once per
+        trained step and only the last backward of an update needs to synchronise."""
+        wrapped = self.__dict__.get("_ddp")
+        return wrapped.no_sync() if hasattr(wrapped, "no_sync") else contextlib.nullcontext()
+
     def net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet forward, under bf16 autocast when self.amp is set. Its output is cast back to fp32, so
         the DDIM mean, the Gaussian log-probs and the PPO ratios are always computed in full precision
         (bf16 has 8 mantissa bits: a log-prob of a 64×64 image summed in bf16 would be mostly rounding)."""
         with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            return self.unet(x, t).sample.float()
+            return self.__dict__.get("_ddp", self.unet)(x, t).sample.float()
 
     # ------------------------------------------------------------------------------------------------
     # encode / decode: the only place that knows the diffusion "space". For a pretrained latent SR model

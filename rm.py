@@ -180,9 +180,11 @@ class FinPercepRM(nn.Module):
         score = torch.sigmoid(logit)  # S in [0, 1], higher = better
         return {"score": score, "logit": logit, "dmap": dmap, "logits": logits}
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor, full: bool = False):
+        """(score, dmap), or with full=True forward_all's dict (what the losses need). The flag lets the
+        losses go through forward(), the one method DistributedDataParallel hooks (train_rm, torchrun)."""
         out = self.forward_all(images)
-        return out["score"], out["dmap"]
+        return out if full else (out["score"], out["dmap"])
 
 
 def make_rm(cfg: RMConfig) -> FinPercepRM:
@@ -261,7 +263,7 @@ def rm_losses(
     parts: detached 0-dim tensors (no host sync here; call .item() once per logged step)."""
     gt, syn, sr = batch["gt"], batch["syn"], batch["sr"]
     B = gt.shape[0]
-    out = model.forward_all(torch.cat([gt, syn, sr]))
+    out = model(torch.cat([gt, syn, sr]), full=True)  # model may be a DDP wrapper: call forward()
     s_gt, s_syn, s_sr = out["score"].split(B)
     zero = out["score"].new_zeros(())
     parts = {"rank": rank_loss(s_gt, s_syn, s_sr, m1, m2)}  # L_rank: S_SR < S_syn < S_GT (§3)

@@ -56,7 +56,7 @@ def train_sft(cfg, pool, dev, log):
     """Return the SFT policy: out_dir/policy_sft if it exists, else train it (resumable) and save it there."""
     path = os.path.join(cfg.out_dir, "policy_sft")
     if os.path.isfile(os.path.join(path, "policy.json")):
-        print(f"reusing the cached SFT policy {path}")
+        print(f"reusing the cached SFT policy {path}") if config.is_main() else None
         return load_policy(path, dev)
     g = torch.Generator().manual_seed(cfg.seed)
     # The residual scale, estimated once from data (policy.estimate_residual_scale says why it matters).
@@ -69,66 +69,61 @@ def train_sft(cfg, pool, dev, log):
         layers_per_block=cfg.unet_layers,
     )
     policy = make_policy(pcfg).to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
+    policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
     # fused AdamW: one kernel for the whole update on CUDA (the CPU path has no fused variant worth using)
     opt = torch.optim.AdamW(
         policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4, fused=dev.type == "cuda"
     )
+    main_rank, rank = config.is_main(), config.rank()
     state_path, start = os.path.join(cfg.out_dir, "state.pt"), 0
     if cfg.resume and os.path.exists(state_path):
-        st = torch.load(state_path, weights_only=True)
+        st = torch.load(state_path, weights_only=True, map_location=dev)
         if st.get("phase") == "sft":
             policy.unet.load_state_dict(st["unet"])
             opt.load_state_dict(st["opt"])
-            g.set_state(st["rng"])
             start = int(st["step"])
-            print(f"resuming SFT at step {start}")
+            print(f"resuming SFT at step {start}") if main_rank else None
+
+    def save_state(step):
+        if main_rank:  # one writer; the weights are the same on every rank
+            state = {"phase": "sft", "step": step, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
+            config.torch_save_atomic(state, state_path)
+
     bar = tqdm(
         range(start, cfg.sft_steps),
         desc=f"SFT (residual scale {pcfg.residual_scale:.1f})",
         initial=start,
         total=cfg.sft_steps,
+        disable=not main_rank,
     )
     step = start
     try:
         for step in bar:
             for group in opt.param_groups:  # cosine decay to 2 % of the peak rate
                 group["lr"] = cfg.sft_lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / cfg.sft_steps)))
+            # This step's images from (seed, rank, step) alone: ranks differ, --resume needs no RNG state.
+            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank + 17)
             hr = pool.crops(cfg.sft_batch, cfg.crop, g)
             lr = data.degrade(hr, draw_strength(cfg, g), g)
             loss = policy.sft_loss(hr.to(dev), lr.to(dev))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under torchrun: the all-reduce of the gradients happens here
             torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), 1.0)
             opt.step()
             if step % 10 == 0 or step == cfg.sft_steps - 1:  # one host sync per logged step
-                loss_value = float(loss.detach())
+                loss_value = float(config.mean_over_ranks({"loss": loss.detach()})["loss"])
                 log.write(json.dumps({"step": step, "phase": "sft", "loss": loss_value}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             if (step + 1) % 100 == 0:
-                config.torch_save_atomic(
-                    {
-                        "phase": "sft",
-                        "step": step + 1,
-                        "unet": policy.unet.state_dict(),
-                        "opt": opt.state_dict(),
-                        "rng": g.get_state(),
-                    },
-                    state_path,
-                )
+                save_state(step + 1)
     except KeyboardInterrupt:
-        config.torch_save_atomic(
-            {
-                "phase": "sft",
-                "step": step,
-                "unet": policy.unet.state_dict(),
-                "opt": opt.state_dict(),
-                "rng": g.get_state(),
-            },
-            state_path,
-        )
+        save_state(step)
         raise SystemExit(f"interrupted at SFT step {step}: state saved; continue with --resume") from None
     policy.eval()
+    if not main_rank:  # rank 0 saves and reports; the others wait for the file, then go on to RL
+        config.barrier()
+        return policy
     save_policy(policy, path)
     t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)
     log.write(json.dumps({"step": cfg.sft_steps, "phase": "sft", "psnr_val": t}) + "\n")
@@ -138,4 +133,5 @@ def train_sft(cfg, pool, dev, log):
             f"{k} LR: policy {v['policy']:.2f} dB, bicubic {v['bicubic']:.2f} dB" for k, v in t.items()
         )
     )
+    config.barrier()
     return policy

@@ -19,6 +19,8 @@ The loop, in the order it runs (method.md §4–5; kvablack/ddpo-pytorch is the 
    up, gold not — is visible while it happens. Checkpoints at every curriculum switch and at the end.
 """
 
+import contextlib
+import copy
 import json
 import math
 import os
@@ -80,7 +82,7 @@ class Config:
     grad_clip: float = 1.0  # global grad-norm clip
     adv_clip: float = 5.0  # advantages clipped to ±5 (DDPO)
     ppo_clip: float = 1e-4  # PPO ratio clip (DDPO); active only when ppo_epochs > 1 (ratio = 1 at θ_old)
-    ppo_epochs: int = 1  # passes over each stored trajectory
+    ppo_epochs: int = 1  # updates per rollout: > 1 steps the optimiser between passes over the trajectory
     lam_px: float = 0.5  # λ_px: weight of the map-based local penalty in the per-pixel advantage
     fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
     lam1: float = 0.5  # fused reward weights
@@ -188,8 +190,12 @@ def ppo_loss(logp, logp_old, adv, clip):
     return -surr.mean(), ratio
 
 
-def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen):
-    """One policy-gradient update. Returns (loss, stats) — stats are 0-dim tensors (synced when logged)."""
+def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
+    """One policy-gradient update. Returns (loss, sr, stats) — stats are 0-dim tensors (synced when logged).
+
+    The gradient of the last PPO epoch is left in .grad for the caller's optimiser step; with ppo_epochs > 1
+    `inner_update()` (clip + optimiser step + zero_grad) runs between epochs, so later epochs see θ ≠ θ_old
+    and the per-pixel clip acts — one rollout, several updates (PPO)."""
     G, weights = cfg.group, sched.at(step)
     lr_g = lr.repeat_interleave(G, 0)  # G samples per LR image: same LR, different noise
     sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)  # rollout, no grad
@@ -207,18 +213,26 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen):
     K = traj.logprob.shape[0]
     n_train = max(1, math.ceil(cfg.train_fraction * K))
     steps_trained = torch.randperm(K, generator=torch.Generator().manual_seed(step))[:n_train].sort().values
-    for _ in range(cfg.ppo_epochs):
-        for k in steps_trained.tolist():  # a loop over steps; every sample of the batch is in each call
-            logp = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr_g, traj.steps, traj.eta)
-            loss, ratio = ppo_loss(logp, traj.logprob[k], adv, cfg.ppo_clip)
-            if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
-                mean, std = policy.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
-                with torch.no_grad():
-                    mean_ref, _ = ref.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
-                loss = loss + cfg.beta_kl * ((mean - mean_ref) ** 2).mean() / (2 * std**2)
-            (loss / (n_train * cfg.ppo_epochs)).backward()  # per step: one UNet graph alive at a time
-    if cfg.lam_sft > 0:
-        (cfg.lam_sft * policy.sft_loss(hr, lr)).backward()
+    total = torch.zeros((), device=sr.device)
+    for epoch in range(cfg.ppo_epochs):
+        if epoch > 0 and inner_update is not None:
+            inner_update()  # θ moves: from here on the ratios differ from 1 and the clip can bind
+        for i, k in enumerate(steps_trained.tolist()):  # a loop over steps; the whole batch in each call
+            # Under torchrun only the epoch's last backward all-reduces; the others accumulate locally.
+            last = i == n_train - 1
+            with contextlib.nullcontext() if last else policy.no_sync():
+                logp = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr_g, traj.steps, traj.eta)
+                loss, ratio = ppo_loss(logp, traj.logprob[k], adv, cfg.ppo_clip)
+                if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
+                    mean, std = policy.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
+                    with torch.no_grad():
+                        mean_ref, _ = ref.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
+                    loss = loss + cfg.beta_kl * ((mean - mean_ref) ** 2).mean() / (2 * std**2)
+                loss = loss / n_train  # the update is the mean over trained steps
+                if last and cfg.lam_sft > 0:  # the supervised regulariser rides on the synchronising backward
+                    loss = loss + cfg.lam_sft * policy.sft_loss(hr, lr)
+                loss.backward()  # per step: one UNet graph alive at a time
+            total = total + loss.detach() / cfg.ppo_epochs
     log_ratio = logp.detach() - traj.logprob[k]  # of the last step trained: for the approx KL
     stats = {
         "reward": r.mean(),
@@ -229,7 +243,7 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen):
         "flat_groups": flat.sum().float(),
         **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards},
     }
-    return loss, sr, stats
+    return total, sr, stats
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -301,17 +315,34 @@ def coevolve(rms, k, policy, pool, cfg, g, dev):
 # ----------------------------------------------------------------------------------------------------
 
 
+def summary(path: str) -> dict:
+    """Mean reward_final, gold and PSNR over the first and the last 10 % of a run's RL rows: did RL raise the
+    final-stage reward, and did the gold judge agree (method.md: hacking = proxy up, gold not)?"""
+    with open(path) as f:
+        rows = [r for r in map(json.loads, f) if r.get("phase") == "rl"]
+    n = max(1, len(rows) // 10)
+    return {
+        key: (sum(r[key] for r in rows[:n]) / n, sum(r[key] for r in rows[-n:]) / n)
+        for key in ("reward_final", "gold", "psnr")
+    }
+
+
 def main(cfg: Config) -> str:
     if cfg.algo not in ("pg", "refl"):
         raise config.ConfigError(f"--algo={cfg.algo} unknown; use pg or refl")
-    dev = config.pick_device(cfg.device)
+    dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
     config.amp_dtype(cfg.amp)  # validate the flag before any work
     config.fast_math(dev)
-    torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    config.save_config(cfg, cfg.out_dir)
+    main_rank, rank = config.is_main(), config.rank()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    if main_rank:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        config.save_config(cfg, cfg.out_dir)
     pool = data.load_pool(cfg.data, "train", cfg.crop)
-    log = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a" if cfg.resume else "w")
+    # Only rank 0 writes the log; the others write to nowhere (os.devnull), so the code below is the same.
+    log = open(
+        os.path.join(cfg.out_dir, "metrics.jsonl") if main_rank else os.devnull, "a" if cfg.resume else "w"
+    )
 
     # 0. The starting policy: --init_policy, else the cached or freshly trained SFT policy.
     if cfg.init_policy:
@@ -321,66 +352,89 @@ def main(cfg: Config) -> str:
     if cfg.sft_only:
         log.close()
         return cfg.out_dir
-    policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
     rms = load_rms(cfg.rm_dir, dev)
     N = len(rms) - 1
-    ref = load_policy(
-        os.path.join(cfg.out_dir, "policy_sft") if not cfg.init_policy else cfg.init_policy, dev
-    )
-    ref = freeze(ref) if cfg.beta_kl > 0 else None  # the KL anchor, only loaded when used
+    # The KL anchor: a frozen copy of the starting (SFT) policy, made only when it is used.
+    ref = freeze(copy.deepcopy(policy)) if cfg.beta_kl > 0 else None
+    policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
+    policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
 
     sched = Schedule(cfg.curriculum, N, cfg.steps, blend=cfg.blend, switch=cfg.switch)
-    policy.train()
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
-    g = torch.Generator().manual_seed(cfg.seed + 1)  # data draws
     state_path, start, nan_streak = os.path.join(cfg.out_dir, "state.pt"), 0, 0
     if cfg.resume and os.path.exists(state_path):
-        st = torch.load(state_path, weights_only=True)  # tensors, numbers and strings only
+        st = torch.load(state_path, weights_only=True, map_location=dev)  # tensors, numbers, strings only
         if st.get("phase") == "rl":
             policy.unet.load_state_dict(st["unet"])
             opt.load_state_dict(st["opt"])
             sched.load_state_dict(json.loads(st["sched"]))
-            g.set_state(st["rng"])
             start = int(st["step"])
-            print(f"resuming RL at step {start}")
+            print(f"resuming RL at step {start}") if main_rank else None
 
     def save_state(step):
-        config.torch_save_atomic(
-            {
-                "phase": "rl",
-                "step": step,
-                "unet": policy.unet.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": json.dumps(sched.state_dict()),
-                "rng": g.get_state(),
-            },
-            state_path,
-        )
+        if main_rank:  # rank 0 writes; the weights are identical on every rank (same averaged updates)
+            config.torch_save_atomic(
+                {
+                    "phase": "rl",
+                    "step": step,
+                    "unet": policy.unet.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": json.dumps(sched.state_dict()),
+                },
+                state_path,
+            )
+
+    def update():
+        """Clip, then step — unless the gradient is not finite. Returns the (pre-clip) gradient norm."""
+        gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
+        if torch.isfinite(gnorm):  # a host sync; the gradient is all-reduced, so every rank agrees
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return gnorm
 
     bar = tqdm(
-        range(start, cfg.steps), desc=f"RL {cfg.algo}/{cfg.curriculum}", initial=start, total=cfg.steps
+        range(start, cfg.steps),
+        desc=f"RL {cfg.algo}/{cfg.curriculum}",
+        initial=start,
+        total=cfg.steps,
+        disable=not main_rank,
     )
     step = start
     try:
         for step in bar:
             stage = sched.stage_at(step)
             if step > 0 and stage != sched.stage_at(step - 1):  # a curriculum switch: checkpoint first
-                save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
+                if main_rank:
+                    save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
                 if cfg.coevolve:
-                    rms[stage] = coevolve(rms, stage, policy, pool, cfg, g, dev)
+                    g_co = torch.Generator().manual_seed(cfg.seed * 7919 + stage * 104729 + rank)
+                    rms[stage] = config.broadcast_module(coevolve(rms, stage, policy, pool, cfg, g_co, dev))
+            # Data and noise of this step, from (seed, rank, step) alone: every rank draws different images,
+            # and --resume continues the exact streams without storing any generator state.
+            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank)
             hr = pool.crops(cfg.batch, cfg.crop, g).to(dev)
             lr = data.degrade(hr, sft.draw_strength(cfg, g), g)
-            gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step)  # the rollout noise
+            gen = torch.Generator(device=dev).manual_seed(
+                (cfg.seed * 1_000_003 + step) * 131 + rank
+            )  # rollouts
             opt.zero_grad(set_to_none=True)
             if cfg.algo == "pg":
-                loss, sr, stats = pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen)
+                loss, sr, stats = pg_step(
+                    policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=update
+                )
                 hr_eval = hr.repeat_interleave(cfg.group, 0)
             else:
                 loss, sr, stats = refl_step(policy, rms, sched, step, hr, lr, cfg, gen)
                 hr_eval = hr
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
+            # The log row's numbers, averaged over ranks in one all-reduce, so every rank takes the same
+            # decisions below (skip, plateau switch) and rank 0 logs the whole effective batch.
+            with torch.no_grad():
+                stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
+                stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
+            stats = config.mean_over_ranks(stats)
             # The one host sync of the step: is it finite? (and the numbers of the log row)
-            if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
+            if not (torch.isfinite(stats["loss"]) and torch.isfinite(stats["grad_norm"])):
                 nan_streak += 1
                 warnings.warn(f"step {step}: non-finite loss or gradient, update skipped", stacklevel=1)
                 if nan_streak >= 10:
@@ -392,18 +446,12 @@ def main(cfg: Config) -> str:
                 sched.update(step, float(stats["reward"]))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 w = sched.at(step)
-                with torch.no_grad():
-                    gold, psnr = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
                 row = {
                     "step": step,
                     "phase": "rl",
                     "stage": stage,
                     "blend": w[-1][1],
                     "weights": w,
-                    "loss": float(loss.detach()),
-                    "gold": float(gold),
-                    "psnr": float(psnr),
-                    "grad_norm": float(gnorm),
                     **{k: float(v) for k, v in stats.items()},
                 }
                 log.write(json.dumps(row) + "\n")
@@ -420,10 +468,19 @@ def main(cfg: Config) -> str:
         save_state(step)
         log.close()
         raise SystemExit(f"interrupted at step {step}: state saved; continue with --resume") from None
-    save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{sched.stage_at(cfg.steps - 1)}"))
-    save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))
-    save_state(cfg.steps)
     log.close()
+    if main_rank:
+        save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{sched.stage_at(cfg.steps - 1)}"))
+        save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))
+        save_state(cfg.steps)
+        if cfg.steps > start:
+            s = summary(os.path.join(cfg.out_dir, "metrics.jsonl"))
+            print(
+                "first → last 10 % of RL steps:  "
+                + "  ".join(f"{k} {a:.3f} → {b:.3f}" for k, (a, b) in s.items())
+                + "  (gold: lower is better)"
+            )
+    config.barrier()  # nobody leaves before rank 0 has written the final checkpoints
     return cfg.out_dir
 
 

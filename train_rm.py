@@ -191,28 +191,31 @@ def policy_zoo_member(policy_dir: str, device):
 
 
 def main(cfg: Config) -> str:
-    dev = config.pick_device(cfg.device)
+    dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
+    main_rank, rank = config.is_main(), config.rank()
     amp = config.amp_dtype(cfg.amp)
     config.fast_math(dev)
     if len(cfg.stage_steps) != cfg.n_stages + 1:
         raise config.ConfigError(f"--stage_steps needs {cfg.n_stages + 1} numbers (RM_0 … RM_{cfg.n_stages})")
-    torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    config.save_config(cfg, cfg.out_dir)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    if main_rank:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        config.save_config(cfg, cfg.out_dir)
     state_path = os.path.join(cfg.out_dir, "state.pt")
-    log = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a" if cfg.resume else "w")
+    # Only rank 0 logs, validates and writes; the others log to os.devnull, so the code below is the same.
+    log = open(
+        os.path.join(cfg.out_dir, "metrics.jsonl") if main_rank else os.devnull, "a" if cfg.resume else "w"
+    )
     pool = data.load_pool(cfg.data, "train", cfg.crop)
     hooks = [policy_zoo_member(cfg.policy, dev)] if cfg.policy else None
-    v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
 
     model = make_rm(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
     start_stage, start_step, st, rows = 0, 0, None, []
     if cfg.resume and os.path.exists(state_path):
-        st = torch.load(state_path, weights_only=True)  # tensors, numbers, strings only: never code
+        st = torch.load(state_path, weights_only=True, map_location=dev)  # tensors, numbers, strings only
         start_stage, start_step, rows = int(st["stage"]), int(st["step"]), json.loads(st["rows"])
-        g.set_state(st["rng"])
-        print(f"resuming at stage {start_stage}, step {start_step}")
+        print(f"resuming at stage {start_stage}, step {start_step}") if main_rank else None
 
     base = None  # S_base = frozen RM_0, the anchor of L_align (method.md §3)
     t0 = time.time()
@@ -232,17 +235,22 @@ def main(cfg: Config) -> str:
             opt.load_state_dict(st["opt"])
         n_steps = cfg.stage_steps[stage]
         diff = rm_difficulty(stage, cfg.n_stages)
-        bar = tqdm(range(first, n_steps), desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", leave=False)
+        net = config.ddp(model, dev)  # the losses run through DDP under torchrun (gradient averaging)
+        desc = f"RM_{stage} ({n_params(model) / 1e6:.2f}M)"
+        bar = tqdm(range(first, n_steps), desc=desc, leave=False, disable=not main_rank)
         for step in bar:
             # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / n_steps)))
+            # This step's triplets from (seed, stage, step, rank) alone: every rank draws different data, and
+            # --resume continues the same streams without any stored generator state.
+            g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + stage) * 100_003 + step) * 8191 + rank)
             batch = data.fgr_batch(
                 pool, cfg.batch, cfg.crop, diff, g, hooks, dev, p_classical=cfg.p_classical
             )
             with config.autocast(dev, amp):  # bf16 forward when --amp=bf16; backward follows the same dtypes
                 loss, parts = rm_losses(
-                    model,
+                    net,
                     batch,
                     base,
                     cfg.lam_map,
@@ -258,13 +266,14 @@ def main(cfg: Config) -> str:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             if step % cfg.log_every == 0 or step == n_steps - 1:  # the one host sync per logged step
+                parts = config.mean_over_ranks(parts)  # the whole effective batch's losses
                 row = {"step": step, "phase": "rm", "stage": stage, **{k: float(x) for k, x in parts.items()}}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix(
                     loss=f"{row['total']:.3f}", rank=f"{row['rank']:.3f}", map=f"{row['map']:.3f}"
                 )
-            if (step + 1) % 50 == 0 and step + 1 < n_steps:  # resume point inside a stage
+            if (step + 1) % 50 == 0 and step + 1 < n_steps and main_rank:  # resume point inside a stage
                 config.torch_save_atomic(
                     {
                         "stage": stage,
@@ -272,20 +281,21 @@ def main(cfg: Config) -> str:
                         "model": model.state_dict(),
                         "opt": opt.state_dict(),
                         "rows": json.dumps(rows),
-                        "rng": g.get_state(),
                     },
                     state_path,
                 )
+        if not main_rank:  # rank 0 saves and validates; the others wait for rm_stage{k}/ before growing it
+            config.barrier()
+            continue
         save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), {"trained_steps": n_steps})
         r = {"stage": stage, **validate(model.eval(), v)}
         rows.append(r)
         log.write(json.dumps({"step": n_steps, "phase": "rm", "stage": stage, "val": r}) + "\n")
         log.flush()
         # Stage boundary: the weights are in rm_stage{k}/ already; the state only says where to go on.
-        config.torch_save_atomic(
-            {"stage": stage + 1, "step": 0, "rows": json.dumps(rows), "rng": g.get_state()}, state_path
-        )
+        config.torch_save_atomic({"stage": stage + 1, "step": 0, "rows": json.dumps(rows)}, state_path)
         print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
+        config.barrier()
     log.close()
     return cfg.out_dir
 
