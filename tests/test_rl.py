@@ -177,3 +177,28 @@ def test_resume_continues(tmp_path, rm_dir, sft_dir):
     train_rl.main(dataclasses.replace(train_rl.Config(**base), steps=3, resume=True))
     rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2]
+
+
+def test_ppo_epochs_step_between_passes_so_the_clip_binds(tiny):
+    # With one pass the ratio is exactly 1 (θ = θ_old) and nothing is clipped; with two passes the optimiser
+    # steps in between, so the second pass sees θ ≠ θ_old and a tight clip binds on some pixels.
+    policy, rms = tiny
+    base = {k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__}
+    opt = torch.optim.SGD(policy.unet.parameters(), lr=1.0)
+    calls = []
+
+    def inner_update():
+        calls.append(1)
+        opt.step()
+        opt.zero_grad()
+
+    lr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)
+    sched = train_rl.Schedule("none", 3, 2)
+    clip = {}
+    for epochs in (1, 2):
+        cfg = train_rl.Config(**{**base, "ppo_epochs": epochs, "ppo_clip": 1e-6})
+        policy.zero_grad()
+        gen = torch.Generator().manual_seed(1)
+        _, _, stats = train_rl.pg_step(policy, None, rms, sched, 0, hr, lr, cfg, gen, inner_update)
+        clip[epochs] = float(stats["clip_frac"])
+    assert len(calls) == 1 and clip[1] == 0.0 and clip[2] > 0.0
