@@ -202,3 +202,21 @@ def test_ppo_epochs_step_between_passes_so_the_clip_binds(tiny):
         _, _, stats = train_rl.pg_step(policy, None, rms, sched, 0, hr, lr, cfg, gen, inner_update)
         clip[epochs] = float(stats["clip_frac"])
     assert len(calls) == 1 and clip[1] == 0.0 and clip[2] > 0.0
+
+
+def test_bf16_channels_last_run_keeps_fp32_logprobs(tmp_path, rm_dir, sft_dir):
+    # The gpu preset's speed knobs on CPU: the UNet runs under bf16 autocast in NHWC, while the log-probs
+    # and the PPO ratio stay fp32 — at θ_old the recomputed ratio is still 1 (approx_kl ~ 0).
+    cfg = train_rl.Config(
+        out_dir=str(tmp_path),
+        rm_dir=rm_dir,
+        init_policy=os.path.join(sft_dir, "policy_sft"),
+        amp="bf16",
+        channels_last=True,
+        **TINY_RL,
+    )
+    train_rl.main(cfg)
+    rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert len(rows) == 2 and all(r["approx_kl"] < 1e-6 and r["clip_frac"] == 0 for r in rows)
+    with pytest.raises(SystemExit, match="--amp=fp16 unknown"):
+        train_rl.main(dataclasses.replace(cfg, amp="fp16"))
