@@ -53,8 +53,8 @@ class Config:
     warmup: int = 1  # untimed steps per kind first (allocator, cuDNN autotune, compile); gpu preset: ≥ 2
     repeats: int = 5  # timed RL steps per algorithm: the median is reported (cpu pg ~2 s, refl ~0.6 s)
     naive_repeats: int = 2  # timed naive pg steps (the slowest kind; its median is the speedup's numerator)
-    model_repeats: int = 10  # timed calls per pure-model measurement (each is one network call)
-    log: bool = True  # include train_rl's per-step log row (gold label map, PSNR, host sync) in the step
+    model_repeats: int = 10  # at least this many timed bare calls per pure-model price (one per timed step)
+    log: bool = True  # include the loop's per-step stats row (gold label map, PSNR, float syncs) in the step
     compile: bool = False  # torch.compile the UNet (CUDA only; compile time is spent in the warm-up steps)
     curriculum: str = "ccl"  # the timed steps start at RL step 0: ccl stage 0 = RM_0's reward, RM_N logged
     # Overrides of the preset's shapes (0 / empty = the preset's own): tests use tiny ones.
@@ -89,20 +89,6 @@ def peak_memory(dev: torch.device) -> float:
 def reset_peak(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-
-
-def median_time(fn, dev, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of fn() over `repeats` calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,30 +180,60 @@ def key_name(key) -> str:
     return f"unet {mode}@{key[1]}" if key[0] == "unet" else f"rm{key[1]} {mode}@{key[2]}"
 
 
-def time_key(key, policy, rms, rl, dev, repeats: int) -> float:
-    """Median seconds of one bare network call of kind `key`, on random inputs of the loop's shapes."""
+def network_call(key, policy, rms, rl, dev):
+    """One bare network call of kind `key` on random inputs of the loop's shapes, as a function."""
     H = W = rl.crop
     if key[0] == "unet":
         _, b, grad = key
         x = torch.randn(b, 6, H, W, device=dev)  # x_t ‖ up(LR), what Policy._stats feeds the UNet
         t = torch.randint(0, policy.cfg.num_train_timesteps, (b,), device=dev)
         if grad:  # the loss's form does not change the backward's cost: every output element gets a gradient
-            fn = lambda: policy.net(x, t).mean().backward()  # noqa: E731
-        else:
-            fn = torch.no_grad()(lambda: policy.net(x, t))
-    else:
-        _, s, b, grad = key
-        x = torch.rand(b, 3, H, W, device=dev, requires_grad=grad)  # ReFL: gradient to the SR image only
+            return lambda: policy.net(x, t).mean().backward()
+        return torch.no_grad()(lambda: policy.net(x, t))
+    _, s, b, grad = key
+    x = torch.rand(b, 3, H, W, device=dev, requires_grad=grad)  # ReFL: gradient to the SR image only
 
-        def fn():
-            with torch.set_grad_enabled(grad):
-                score, dmap = rms[s](x)
-                if grad:
-                    (score.sum() + (0 if dmap is None else dmap.mean())).backward()
+    def call():
+        with torch.set_grad_enabled(grad):
+            score, dmap = rms[s](x)
+            if grad:
+                (score.sum() + (0 if dmap is None else dmap.mean())).backward()
 
-    t = median_time(fn, dev, repeats, warmup=1)
-    policy.unet.zero_grad(set_to_none=True)  # the pure timings leave nothing behind for the RL steps
-    return t
+    return call
+
+
+class Prices:
+    """The pure-model price of each call kind: the median of bare calls timed in rounds, one round after each
+    timed RL step. Interleaving matters on a shared machine: prices taken minutes apart from the steps they
+    price would turn a change of load into a change of "efficiency"."""
+
+    def __init__(self, policy, rms, rl, dev):
+        self.policy, self.rms, self.rl, self.dev = policy, rms, rl, dev
+        self.calls, self.samples = {}, {}
+
+    def add(self, keys) -> None:
+        for key in keys:
+            if key not in self.calls:
+                self.calls[key] = network_call(key, self.policy, self.rms, self.rl, self.dev)
+                self.calls[key]()  # untimed warm-up: allocator, cuDNN autotune, compile of a new shape
+                self.samples[key] = []
+        self.policy.unet.zero_grad(set_to_none=True)
+
+    def round(self) -> None:
+        for key, call in self.calls.items():
+            sync(self.dev)
+            t0 = time.perf_counter()
+            call()
+            sync(self.dev)
+            self.samples[key].append(time.perf_counter() - t0)
+        self.policy.unet.zero_grad(set_to_none=True)  # the pure calls leave nothing behind for the RL steps
+
+    def __getitem__(self, key) -> float:
+        return statistics.median(self.samples[key])
+
+    def of(self, calls) -> float:
+        """Ideal seconds of a step that made `calls`: the sum of their bare prices."""
+        return sum(self[key] for key in calls)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -283,13 +299,17 @@ def naive_pg_step(policy, ref, rms, sched, step, hr, lr, rl, gen):
 # One iteration of train_rl.main's loop body, timed by phase
 
 
-def loop_step(step_fn, policy, ref, rms, sched, opt, pool, g, step, rl, dev, log: bool) -> dict:
-    """train_rl.main's RL iteration (single process): data draw → step → clip → finiteness sync → AdamW →
-    log row. Returns the seconds of each phase; the device is synchronised at phase ends only."""
+def loop_step(step_fn, policy, ref, rms, sched, opt, pool, step, rl, dev, log: bool) -> dict:
+    """train_rl.main's RL iteration, single process (rank 0): data draw → step → clip → stats row (gold label
+    map, PSNR) → finiteness sync → AdamW → log row. Mirrors the loop body line by line, because train_rl has
+    no function for it (the report suggests one). Returns the seconds of each phase; the device is
+    synchronised at phase ends only (the loop itself syncs once, at the finiteness check)."""
     t = [time.perf_counter()]
-    hr = pool.crops(rl.batch, rl.crop, g).to(dev)  # the data draw, on the CPU as in the loop
+    # Data and noise of this step from (seed, step) alone, as the loop draws them (rank 0).
+    g = torch.Generator().manual_seed((rl.seed * 1_000_003 + step) * 8191)
+    hr = pool.crops(rl.batch, rl.crop, g).to(dev)  # the data draw runs on the CPU, as in the loop
     lr = data.degrade(hr, sft.draw_strength(rl, g), g)
-    gen = torch.Generator(device=dev).manual_seed(rl.seed * 1_000_003 + step)  # the rollout noise
+    gen = torch.Generator(device=dev).manual_seed((rl.seed * 1_000_003 + step) * 131)  # the rollout noise
     sync(dev)
     t.append(time.perf_counter())
     opt.zero_grad(set_to_none=True)
@@ -302,20 +322,18 @@ def loop_step(step_fn, policy, ref, rms, sched, opt, pool, g, step, rl, dev, log
     sync(dev)
     t.append(time.perf_counter())
     gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), rl.grad_clip)
+    if log:  # the loop computes the gold judge and PSNR of every step's samples (the log row's numbers)
+        with torch.no_grad():
+            stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
+            stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
     if not (torch.isfinite(loss) and torch.isfinite(gnorm)):  # the loop's one host sync per step
         raise SystemExit(f"error: non-finite loss or gradient at bench step {step}; the loop would skip it")
     opt.step()
+    if log:  # log_every = 1: one row per step, every number synced to the host
+        json.dumps({"step": step, **{k: float(v) for k, v in stats.items()}})
     sync(dev)
     t.append(time.perf_counter())
-    if log:  # the per-step log row (log_every = 1): the gold label map and PSNR of the samples, synced
-        with torch.no_grad():
-            gold, psnr = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
-        json.dumps(
-            {"loss": float(loss.detach()), "gold": float(gold), "psnr": float(psnr), "gnorm": float(gnorm)}
-            | {k: float(v) for k, v in stats.items()}
-        )
-    t.append(time.perf_counter())
-    return {"data": t[1] - t[0], "step_fn": t[2] - t[1], "clip_opt": t[3] - t[2], "log": t[4] - t[3]}
+    return {"data": t[1] - t[0], "step_fn": t[2] - t[1], "clip_log_opt": t[3] - t[2]}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,7 +349,6 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     N = len(rms) - 1
     sched = Schedule(rl.curriculum, N, rl.steps, blend=rl.blend, switch=rl.switch)
     pool = data.load_pool(rl.data, "train", rl.crop)
-    g = torch.Generator().manual_seed(rl.seed + 1)  # data draws, as in train_rl.main
     warmup = max(cfg.warmup, 2) if dev.type == "cuda" else cfg.warmup  # cuDNN autotunes each new shape
     BG = rl.batch * rl.group
     kinds = {  # name: (step function, SR images per step, timed steps)
@@ -340,31 +357,28 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
         "naive_pg": (naive_pg_step, BG, cfg.naive_repeats),
     }
 
-    def run(kind, steps):
-        """Loop iterations at RL steps `steps` (every kind starts at step 0: the same curriculum state)."""
+    prices = Prices(policy, rms, rl, dev)
+
+    def run(kind, steps, timed: bool):
+        """Loop iterations at RL steps `steps` (every kind starts at step 0: the same curriculum state); a
+        timed one is followed by a pricing round. Peak memory is read after each step, before any pricing."""
         out = []
         for step in steps:
             counter.calls, counter.on = [], True
-            phases = loop_step(kinds[kind][0], policy, None, rms, sched, opt, pool, g, step, rl, dev, cfg.log)
+            reset_peak(dev)
+            phases = loop_step(kinds[kind][0], policy, None, rms, sched, opt, pool, step, rl, dev, cfg.log)
             counter.on = False
             out.append({"phases": phases, "total": sum(phases.values()), "calls": counter.calls})
+            out[-1]["peak"] = peak_memory(dev)
+            if timed:
+                prices.add(counter.calls if kind != "naive_pg" else [])
+                prices.round()
         return out
 
     # 1. Warm-up of both algorithms, which also shows which network calls (shapes, grad modes) they make.
-    for kind in ("pg", "refl"):
-        reset_peak(dev)
-        run(kind, range(warmup))
-    # 2. The pure-model prices: the headline four at the rollout's batch B·G, plus every other call kind seen.
-    keys = [("unet", BG, False), ("unet", BG, True), ("rm", N, BG, False), ("rm", N, BG, True)]
-    price = {}
-
-    def priced(calls):
-        for key in calls:
-            if key not in price:
-                price[key] = time_key(key, policy, rms, rl, dev, cfg.model_repeats)
-        return sum(price[key] for key in calls)
-
-    priced(keys)
+    seen = [key for kind in ("pg", "refl") for row in run(kind, range(warmup), False) for key in row["calls"]]
+    # 2. The call kinds to price: the headline four at the rollout's batch B·G, and every other one seen.
+    prices.add([("unet", BG, False), ("unet", BG, True), ("rm", N, BG, False), ("rm", N, BG, True)] + seen)
     # 3. The timed steps. Ideal step time = Σ over the calls this very step made of their bare price; what the
     # counter sees for the defaults (a reader can check it against train_rl):
     #   pg:   K no-grad UNet forwards at B·G (policy.sample)
@@ -376,13 +390,16 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     #           the curriculum weights (the reward)
     #         + 1 UNet forward+backward at B (sft_loss, when lam_sft_refl > 0)
     #         + 1 no-grad RM_N forward at B (reward_final, logged)
-    res = {}
-    for kind, (_, n_img, repeats) in kinds.items():
-        reset_peak(dev)
+    rows = {}
+    for kind, (_, _, repeats) in kinds.items():
         if kind == "naive_pg":
-            run(kind, range(warmup))  # batch-1 shapes are new: warm them up too
-        rows = run(kind, range(warmup, warmup + repeats))
-        times = [r["total"] for r in rows]
+            run(kind, range(warmup), False)  # batch-1 shapes are new: warm them up too
+        rows[kind] = run(kind, range(warmup, warmup + repeats), True)
+    while min(len(v) for v in prices.samples.values()) < cfg.model_repeats:
+        prices.round()  # top up to --model_repeats samples per price
+    res = {}
+    for kind, (_, n_img, _) in kinds.items():
+        times = [r["total"] for r in rows[kind]]
         t = statistics.median(times)
         res[kind] = {
             "img_per_step": n_img,
@@ -390,21 +407,25 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
             "img_per_s": n_img / t,
             "times_ms": [1e3 * x for x in times],
             "phases_ms": {
-                p: 1e3 * statistics.median(r["phases"][p] for r in rows) for p in rows[0]["phases"]
+                p: 1e3 * statistics.median(r["phases"][p] for r in rows[kind])
+                for p in rows[kind][0]["phases"]
             },
-            "peak_mib": peak_memory(dev),
+            "peak_mib": max(r["peak"] for r in rows[kind]),
         }
         if kind != "naive_pg":  # the naive baseline is there for the speedup; it has no efficiency line
-            ideals = [priced(r["calls"]) for r in rows]
+            ideals = [prices.of(r["calls"]) for r in rows[kind]]
             res[kind] |= {
                 "ideal_ms": 1e3 * statistics.median(ideals),
                 "ideal_img_per_s": n_img / statistics.median(ideals),
                 # per-step ratios: ReFL's work varies with its random stop step, so ratio first, median after
                 "efficiency": statistics.median(i / x for i, x in zip(ideals, times)),
-                "work": work_counts(rows[0]["calls"]),
+                "work": work_counts(rows[kind][0]["calls"]),
             }
     res["naive_pg"]["speedup"] = res["naive_pg"]["ms"] / res["pg"]["ms"]  # ours = naive time / our time
-    model = {key_name(k): {"batch": k[-2], "ms": 1e3 * v, "img_per_s": k[-2] / v} for k, v in price.items()}
+    model = {
+        key_name(k): {"batch": k[-2], "ms": 1e3 * prices[k], "img_per_s": k[-2] / prices[k]}
+        for k in prices.calls
+    }
     K = rl.sample_steps
     return {
         "preset": name,
