@@ -41,12 +41,12 @@ from rm import freeze, fuse, load_rm, reward, rm_losses
 @dataclass
 class Config:
     out_dir: str = "out/rl"  # policy_sft/, policy_stage{k}/, policy_final/, metrics.jsonl, state.pt
-    data: str = "builtin"  # 'builtin' or a folder of HR images (LR made by data.degrade)
+    data: str = "builtin"  # builtin | an HR folder (LR made by data.degrade) | paired:LR_DIR,HR_DIR
     seed: int = 0  # one seed for data, noise and init
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu
     resume: bool = False  # continue from out_dir/state.pt (SFT or RL, whichever was running)
-    init_policy: str = ""  # start RL from this policy directory instead of SFT
+    init_policy: str = ""  # policy or LDM SR pipeline dir: RL starts here (with --sft_only: SFT does)
     sft_only: bool = False  # stop after the SFT warm start
     rm_dir: str = "out/rm"  # train_rm.py's out_dir: rm_stage0 … rm_stageN
     algo: str = "pg"  # pg (policy gradient with map-based local penalties) | refl (the paper's)
@@ -314,10 +314,10 @@ def main(cfg: Config) -> str:
     log = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a" if cfg.resume else "w")
 
     # 0. The starting policy: --init_policy, else the cached or freshly trained SFT policy.
-    if cfg.init_policy:
+    if cfg.init_policy and not cfg.sft_only:
         policy = load_policy(cfg.init_policy, dev)
     else:
-        policy = sft.train_sft(cfg, pool, dev, log)
+        policy = sft.train_sft(cfg, pool, dev, log)  # starts from --init_policy's weights when given
     if cfg.sft_only:
         log.close()
         return cfg.out_dir
@@ -368,8 +368,8 @@ def main(cfg: Config) -> str:
                 save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
                 if cfg.coevolve:
                     rms[stage] = coevolve(rms, stage, policy, pool, cfg, g, dev)
-            hr = pool.crops(cfg.batch, cfg.crop, g).to(dev)
-            lr = data.degrade(hr, sft.draw_strength(cfg, g), g)
+            hr, lr = pool.pairs(cfg.batch, cfg.crop, g, lambda: sft.draw_strength(cfg, g))
+            hr, lr = hr.to(dev), lr.to(dev)
             gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step)  # the rollout noise
             opt.zero_grad(set_to_none=True)
             if cfg.algo == "pg":
