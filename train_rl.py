@@ -117,6 +117,15 @@ PRESETS = {
 
 def load_rms(rm_dir: str, dev) -> list:
     """Every RM stage under rm_dir, frozen (the rewards are fixed functions during RL)."""
+    has = lambda f: os.path.isfile(os.path.join(rm_dir, f))  # noqa: E731  (wrong kinds: say what it is)
+    if has("policy.json") or has("model_index.json"):
+        raise config.ConfigError(
+            f"--rm_dir={rm_dir} is a policy directory, not train_rm's out_dir; pass that (it holds"
+            " rm_stage0/ …), e.g. out/rm from `python train_rm.py`"
+        )
+    if has("rm.json"):
+        parent = os.path.dirname(os.path.abspath(rm_dir))
+        raise config.ConfigError(f"--rm_dir={rm_dir} is one RM stage; pass its parent {parent}")
     if not os.path.isdir(os.path.join(rm_dir, "rm_stage0")):
         raise config.ConfigError(
             f"no reward model in '{rm_dir}' (rm_stage0/ missing); run `python train_rm.py`"
@@ -172,11 +181,14 @@ def local_penalty(M: torch.Tensor, G: int) -> torch.Tensor:
 
 
 def pixel_advantages(r, M, G, lam_px, clip, size):
-    """A_i(p) = clip(A_i + λ_px · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W)."""
+    """A_i(p) = clip(A_i + λ_px · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W).
+
+    `size` is the log-prob's: the image size in pixel space; in latent space (an LDM policy) 1/4 of it, where
+    the antialiased resize averages the map over each latent pixel's 4×4 image patch (identity at 1:1)."""
     A = group_advantages(r, G, clip).view(-1, 1, 1, 1)
     if M is None or lam_px == 0:
         return A.expand(-1, 1, *size)
-    D = F.interpolate(local_penalty(M, G), size=size, mode="bilinear", align_corners=False)
+    D = F.interpolate(local_penalty(M, G), size=size, mode="bilinear", align_corners=False, antialias=True)
     return (A + lam_px * D).clamp(-clip, clip)
 
 
@@ -199,7 +211,7 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen):
         r = r - cfg.lam_lr * lr_error(sr, lr_g)
     with_map = [(s, w) for s, w in weights if maps[s] is not None]
     M = sum(w * maps[s] for s, w in with_map) if with_map else None  # blended map; none at stage 0
-    adv = pixel_advantages(r, M, G, cfg.lam_px, cfg.adv_clip, sr.shape[-2:]).detach()
+    adv = pixel_advantages(r, M, G, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:]).detach()  # x's size
     # A group whose rewards (and maps) are all equal has A = D = 0: it contributes nothing. Count them.
     flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
     if M is not None:
