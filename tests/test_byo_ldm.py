@@ -8,15 +8,18 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
 from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
     LDMSuperResolutionPipeline,  # the top-level diffusers name needs transformers; the module path does not
 )
+from PIL import Image
 from test_rl import TINY_RL
 from torch.distributions import Normal
 
+import evaluate
 import train_rl
 from apply import score
 from config import ConfigError
@@ -189,3 +192,24 @@ def test_wrong_directories_are_one_line_errors(ldm_dir, rm_dir, tmp_path):
     bad = UNet2DModel(in_channels=3, out_channels=3, block_out_channels=(8, 16), **kw)
     bad.save_pretrained(bad_unet / "unet")
     err(load_policy, str(bad_unet), match="an LDM SR unet takes latent \\(3\\) \\+ LR \\(3\\)")
+
+
+def test_lr_folder_no_reference_scoring_with_the_ldm(ldm_dir, rm_dir, tmp_path, capsys):
+    """--data=lr:LR_DIR (RealLR200-style: LR only): upscale with the policy, then RM scores and maps."""
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (10, 14, 3), dtype=np.uint8)).save(lr_dir / "a.png")  # odd: padded
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(lr_dir / "b.jpg")
+    rm1, out = os.path.join(rm_dir, "rm_stage1"), tmp_path / "out"
+    flags = [f"--data=lr:{lr_dir}", f"--rm={rm1}", f"--policy={ldm_dir}", f"--out_dir={out}", "--steps=2"]
+    res = evaluate.cli(["score", *flags])
+    assert [os.path.basename(p) for p, _ in res] == ["a.png", "b.jpg"] and all(0 <= s <= 1 for _, s in res)
+    assert Image.open(out / "a_x4.png").size == (56, 40) == Image.open(out / "a_dmap.png").size
+    assert "mean score over 2 images" in capsys.readouterr().out
+    up = evaluate.cli(["upscale", *flags[:1], *flags[2:]])  # the same folder, upscaled only
+    assert [Image.open(p).size for p in up] == [(56, 40), (32, 32)]
+    with pytest.raises(ConfigError, match="it has no HR"):
+        evaluate.main(evaluate.Config(data=f"lr:{lr_dir}", out_dir=str(tmp_path / "e")))
+    with pytest.raises(ConfigError, match="take lr:LR_DIR"):
+        evaluate.cli(["score", f"--data={lr_dir}", f"--rm={rm1}"])
