@@ -98,12 +98,13 @@ def _first(batch):  # batch_size=None hands one item at a time; a module-level f
     return batch
 
 
-# Folders are decoded (and their superpixels computed) by DataLoader worker processes, one file per item:
-# 1536×1024 PNGs take 0.13 s to decode + 0.59 s of SLIC each on one core, so a folder of large photos is
-# CPU-bound start-up work that parallelises per file. On the busy 2-core dev machine 2 workers gave no
-# reliable gain (12 such files: 6–12 s either way, load average 4). The training loops draw crops from
-# decoded images in memory (microseconds), where workers would only add overhead: none there.
-MAX_WORKERS = 4
+# Folders are decoded (and their superpixels computed) through a DataLoader, one file per item, so worker
+# processes can share the start-up work: a 1536×1024 PNG takes 0.13 s to decode + 0.59 s of SLIC on one core.
+# Measured on this project's shared 2-core dev machine (12 such files, 3 runs each): in-process 6.8–7.4 s,
+# 2 workers 8.3–11.3 s — slower, the cores being busy — so workers are OFF by default. On a many-core machine
+# set data.MAX_WORKERS (e.g. 8) and time load_pool both ways; not measured there yet. The training loops draw
+# crops from decoded images in memory (microseconds): workers there would only add overhead.
+MAX_WORKERS = 0
 
 
 def _read(files: list[str], root: str, segments: bool = False):
@@ -111,6 +112,7 @@ def _read(files: list[str], root: str, segments: bool = False):
     unreadable files are skipped with one warning naming them."""
     workers = min(MAX_WORKERS, os.cpu_count() or 1) if len(files) >= 4 else 0
     workers = workers if workers > 1 else 0  # one worker process is no faster than the main process
+    # (with 0 the loader runs in this process: the same code path, no processes started)
     loader = torch.utils.data.DataLoader(
         _Decode(files, segments), batch_size=None, num_workers=workers, collate_fn=_first
     )

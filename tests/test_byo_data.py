@@ -97,10 +97,22 @@ def test_bad_data_specs_are_one_line_errors(tmp_path):
 
 def test_hr_folder_large_images_are_cropped_never_resized(tmp_path):
     big = blocky(0, 96, 128)
-    for i in range(4):  # ≥ 4 files: decoded by the DataLoader path
+    for i in range(4):
         save(tmp_path / f"{i}.png", np.roll(big, 8 * i, axis=1))
     pool = data.load_pool(str(tmp_path), crop=32)
     assert [tuple(im.shape) for im in pool.images] == [(3, 96, 128)] * 4  # full size, not resized
     assert pool.segments[0].shape == (96, 128)
     hr, lr = pool.pairs(2, 32, torch.Generator().manual_seed(0), 0.0)
     assert hr.shape == (2, 3, 32, 32) and lr.shape == (2, 3, 8, 8)
+
+
+def test_worker_processes_decode_the_same_images(tmp_path, monkeypatch):
+    for i in range(4):
+        save(tmp_path / f"{i}.png", blocky(i, 32, 48))
+    serial = data.load_pool(str(tmp_path), crop=32)
+    monkeypatch.setattr(data, "MAX_WORKERS", 2)  # the opt-in parallel path: same images, same order
+    if (data.os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: the loader never starts workers")
+    parallel = data.load_pool(str(tmp_path), crop=32)
+    assert all(torch.equal(a, b) for a, b in zip(serial.images, parallel.images))
+    assert all(torch.equal(a, b) for a, b in zip(serial.segments, parallel.segments))
