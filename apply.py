@@ -3,8 +3,13 @@
     python evaluate.py score a.png b.jpg --rm=out/eval/work/rm/rm_stage3 --out_dir=out/scores
     python evaluate.py upscale lr.png --policy=out/eval/work/rl_pg_ccl_s0/policy_final --out_dir=out/sr
 
+    python evaluate.py score --data=lr:LR_DIR --policy=DIR --rm=DIR     # RealLR200-style: upscale, then score
+
 `score` prints each image's FinPercep-RM score S (higher = better, method.md §1) and writes the image with
 its degradation map M as a red overlay (<name>_dmap.png); `upscale` writes the ×4 result (<name>_x4.png).
+--data=lr:LR_DIR adds every image of that folder to the inputs. `score --policy=DIR` first upscales each
+input with the policy and scores the result: the paper's no-reference protocol for LR-only test sets
+(RealLR200, RealLQ250; method.md §6) — RM scores and maps only, as there is no HR for PSNR or the gold judge.
 Any size and any Pillow-readable image (grey, RGBA, 16-bit: data.to_rgb_float) works; an unreadable file is
 reported and skipped. Both models are convolutional but have a total stride, so an image is padded
 (reflect) to a multiple of it and the output cropped back; a large image is cut into overlapping tiles,
@@ -108,15 +113,38 @@ def _out_path(out_dir: str, path: str, suffix: str, used: set) -> str:
     return os.path.join(out_dir, name + ".png")
 
 
+def inputs(cfg, paths: list) -> list:
+    """The image paths given, plus every image of --data=lr:LR_DIR (any other --data is a one-line error:
+    these commands read LR or SR images, never a training source)."""
+    if cfg.data == "builtin":
+        return list(paths)
+    if not cfg.data.startswith("lr:"):
+        raise config.ConfigError(f"--data={cfg.data}: score and upscale take lr:LR_DIR (or image paths)")
+    return list(paths) + data.lr_files(cfg.data)
+
+
+def upscaler(cfg, dev):
+    """fn(img (1, 3, h, w)) -> (1, 3, 4h, 4w): --policy, tiled, with one fixed seed (reruns match)."""
+    pol = load_policy(cfg.policy, dev)
+    steps, eta = cfg.steps or None, (cfg.eta if cfg.eta >= 0 else None)  # None = the policy's own defaults
+    gen = torch.Generator(dev).manual_seed(cfg.seed)
+    fn = lambda t: pol.upscale(t, steps, eta, gen)  # noqa: E731
+    # pol.lr_multiple: the LR size its UNet's strides divide (pixel and latent policies differ)
+    return lambda img: tiled(fn, img, cfg.tile or UPSCALE_TILE, pol.lr_multiple, data.SCALE, cfg.tile_batch)
+
+
 def score(cfg, paths: list) -> list:
-    """Print the RM score of every image and write <stem>_dmap.png overlays. Returns [(path, score)]."""
+    """Print the RM score of every image (of its ×4 upscale with --policy) and write <stem>_dmap.png overlays
+    (and <stem>_x4.png). Returns [(path, score)]."""
     if not cfg.rm:
         raise config.ConfigError("score needs --rm=DIR (an RM stage, e.g. out/rm/rm_stage3); make one with "
                                  "`python train_rm.py`")  # fmt: skip
+    paths = inputs(cfg, paths)
     if not paths:
         raise config.ConfigError("score needs image paths: python evaluate.py score IMAGES --rm=DIR")
     dev = config.pick_device(cfg.device)
     rm = load_rm(cfg.rm, dev)
+    up = upscaler(cfg, dev) if cfg.policy else None  # no-reference evaluation of a policy's outputs
     os.makedirs(cfg.out_dir, exist_ok=True)
 
     def fn(t):  # one output image per tile: channel 0 the tile's score everywhere, channel 1 its map
@@ -126,6 +154,9 @@ def score(cfg, paths: list) -> list:
 
     out, used = [], set()
     for p, img in read_images(paths):
+        if up is not None:
+            img = up(img.to(dev))
+            save_png(img[0], _out_path(cfg.out_dir, p, "_x4", used))
         # A tiled image's score is the blend-weighted mean of its tiles' scores (a whole-image S otherwise).
         sm = tiled(fn, img.to(dev), cfg.tile or SCORE_TILE, rm.stride, 1, cfg.tile_batch, MIN_SCORE)[0].cpu()
         s, M = float(sm[0].mean()), sm[1:]
@@ -135,6 +166,8 @@ def score(cfg, paths: list) -> list:
             save_png(overlay(img[0], M), _out_path(cfg.out_dir, p, "_dmap", used))
         print(line)
         out.append((p, s))
+    if len(out) > 1:  # a folder's summary: the number a test-set table reports
+        print(f"mean score over {len(out)} images: {sum(s for _, s in out) / len(out):.4f}")
     return out
 
 
@@ -142,18 +175,15 @@ def upscale(cfg, paths: list) -> list:
     """Write the ×4 upscale of every image as <stem>_x4.png in out_dir. Returns the written paths."""
     if not cfg.policy:
         raise config.ConfigError(f"upscale needs --policy=DIR (a policy directory); make one: `{POLICY_FIX}`")
+    paths = inputs(cfg, paths)
     if not paths:
         raise config.ConfigError("upscale needs image paths: python evaluate.py upscale IMAGES --policy=DIR")
     dev = config.pick_device(cfg.device)
-    pol = load_policy(cfg.policy, dev)
-    steps, eta = cfg.steps or None, (cfg.eta if cfg.eta >= 0 else None)  # None = the policy's own defaults
-    gen = torch.Generator(dev).manual_seed(cfg.seed)  # one seed, one result: reruns are identical
-    mult = max(1, pol.stride // data.SCALE)  # the UNet needs 4·h to be a multiple of its stride
+    up = upscaler(cfg, dev)
     os.makedirs(cfg.out_dir, exist_ok=True)
     out, used = [], set()
     for p, img in read_images(paths):
-        fn = lambda t: pol.upscale(t, steps, eta, gen)  # noqa: E731
-        sr = tiled(fn, img.to(dev), cfg.tile or UPSCALE_TILE, mult, data.SCALE, cfg.tile_batch)[0]
+        sr = up(img.to(dev))[0]
         dst = _out_path(cfg.out_dir, p, "_x4", used)
         save_png(sr, dst)
         print(f"{p}\t{img.shape[-1]}x{img.shape[-2]} → {sr.shape[-1]}x{sr.shape[-2]}\t{dst}")

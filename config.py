@@ -187,6 +187,8 @@ def read_kind(path: str, want: str, fix: str) -> dict:
     if not os.path.isfile(meta):
         other = [k for k in ("rm", "policy") if k != want and os.path.isfile(os.path.join(path, f"{k}.json"))]
         what = f"a {other[0]} checkpoint" if other else f"no {want}.json in it"
+        if not other and os.path.isfile(os.path.join(path, "model_index.json")):
+            what = "a diffusers pipeline"  # e.g. an LDM SR model: a policy (load_policy), never an RM
         raise ConfigError(f"'{path}' is not a {want} checkpoint ({what}); make one with `{fix}`")
     with open(meta) as f:
         obj = json.load(f)

@@ -18,6 +18,7 @@ evaluation and validation crop only them.
 
 import glob
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -68,20 +69,88 @@ def _builtin(split: str) -> list[torch.Tensor]:
     return out
 
 
-def _folder(path: str) -> list[torch.Tensor]:
-    files = sorted(
+def _image_files(path: str) -> list[str]:
+    """Image files under `path` (recursively), sorted: the order, and so the seeds, never depend on the OS."""
+    return sorted(
         f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.lower().endswith(IMAGE_EXTS)
     )
-    out, bad = [], []
-    for f in files:
+
+
+class _Decode(torch.utils.data.Dataset):
+    """One file per item: decode it (and compute its superpixels when asked). Runs in DataLoader workers."""
+
+    def __init__(self, files: list[str], segments: bool):
+        self.files, self.segments = files, segments
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
         try:
-            with Image.open(f) as im:
-                out.append(to_rgb_float(im))
-        except Exception:  # a corrupt or unsupported file: skip it, warn once below
-            bad.append(os.path.relpath(f, path))
+            with Image.open(self.files[i]) as im:
+                x = to_rgb_float(im)
+        except Exception:  # a corrupt or unsupported file: reported by the caller, in the main process
+            return None
+        return x, (_segments(x) if self.segments else None)
+
+
+def _first(batch):  # batch_size=None hands one item at a time; a module-level function pickles under spawn
+    return batch
+
+
+# Folders are decoded (and their superpixels computed) through a DataLoader, one file per item, so worker
+# processes can share the start-up work: a 1536×1024 PNG takes 0.13 s to decode + 0.59 s of SLIC on one core.
+# Measured on this project's shared 2-core dev machine (12 such files, 3 runs each): in-process 6.8–7.4 s,
+# 2 workers 8.3–11.3 s — slower, the cores being busy — so workers are OFF by default. On a many-core machine
+# set data.MAX_WORKERS (e.g. 8) and time load_pool both ways; not measured there yet. The training loops draw
+# crops from decoded images in memory (microseconds): workers there would only add overhead.
+MAX_WORKERS = 0
+
+
+def _read(files: list[str], root: str, segments: bool = False):
+    """Decode `files` (in worker processes when there are several). Returns (images, segments or Nones);
+    unreadable files are skipped with one warning naming them."""
+    workers = min(MAX_WORKERS, os.cpu_count() or 1) if len(files) >= 4 else 0
+    workers = workers if workers > 1 else 0  # one worker process is no faster than the main process
+    # (with 0 the loader runs in this process: the same code path, no processes started)
+    loader = torch.utils.data.DataLoader(
+        _Decode(files, segments), batch_size=None, num_workers=workers, collate_fn=_first
+    )
+    imgs, segs, bad = [], [], []
+    for f, item in zip(files, loader):  # the loader keeps the file order
+        if item is None:
+            bad.append(os.path.relpath(f, root))
+        else:
+            imgs.append(item[0])
+            segs.append(item[1])
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {path}: {', '.join(bad)}", stacklevel=2)
-    return out
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {root}: {', '.join(bad)}", stacklevel=3)
+    return imgs, segs
+
+
+def _folder(path: str) -> list[torch.Tensor]:
+    return _read(_image_files(path), path)[0]
+
+
+def parse_source(data: str) -> tuple[str, list[str]]:
+    """--data → (kind, paths): ('builtin', []), ('folder', [HR_DIR]), ('paired', [LR_DIR, HR_DIR]),
+    ('lr', [LR_DIR]). Missing folders are a one-line error naming the fix."""
+    if data == "builtin":
+        return "builtin", []
+    kind, sep, rest = data.partition(":")
+    if sep and kind in ("paired", "lr"):
+        dirs = rest.split(",") if kind == "paired" else [rest]
+        if kind == "paired" and len(dirs) != 2:
+            raise ConfigError(f"--data={data}: write paired:LR_DIR,HR_DIR (two folders, one comma)")
+    else:
+        kind, dirs = "folder", [data]
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise ConfigError(
+                f"--data={data}: '{d}' is not a folder; use builtin, an HR folder, paired:LR_DIR,HR_DIR"
+                " or lr:LR_DIR"
+            )
+    return kind, dirs
 
 
 def load_images(data: str = "builtin", split: str = "train") -> list[torch.Tensor]:
@@ -113,16 +182,18 @@ def _segments(img: torch.Tensor, px: int = 160) -> torch.Tensor:
 class ImagePool:
     """A set of HR images (with their superpixels) to draw random crops from, plus procedural images."""
 
-    def __init__(self, images: list[torch.Tensor], crop: int, procedural: float = 0.0, name: str = ""):
-        ok = [im for im in images if min(im.shape[-2:]) >= crop]
-        if not ok:
+    def __init__(self, images: list, crop: int, procedural: float = 0.0, name: str = "", segments=None):
+        # Images are kept whole and cropped at random: never resized, so a 2K photo keeps its real pixels.
+        self.keep = [i for i, im in enumerate(images) if min(im.shape[-2:]) >= crop]  # PairedPool reads it
+        if not self.keep:
             sizes = ", ".join(f"{im.shape[-1]}x{im.shape[-2]}" for im in images[:5])
             raise ConfigError(
                 f"all images in {name or 'the source'} are smaller than the {crop}px crop "
                 f"({sizes}); use larger images or a smaller --crop"
             )
-        self.images, self.crop, self.procedural = ok, crop, procedural
-        self.segments = [_segments(im) for im in ok]
+        self.images, self.crop, self.procedural = [images[i] for i in self.keep], crop, procedural
+        segs = [segments[i] for i in self.keep] if segments is not None else [None] * len(self.keep)
+        self.segments = [s if s is not None else _segments(im) for s, im in zip(segs, self.images)]
 
     def crops(self, n: int, size: int, g: torch.Generator, with_segments: bool = False):
         """n random (3, size, size) crops; a `procedural` share of them are synthetic images instead."""
@@ -142,12 +213,148 @@ class ImagePool:
                 seg[use] = _grid_segments(int(use.sum()), size)  # no natural segments: a 4×4 grid
         return (hr, seg) if with_segments else hr
 
+    def pairs(self, n: int, size: int, g: torch.Generator, strength=0.0, groups: int = 1):
+        """n aligned (HR (n, 3, size, size), LR (n, 3, size/4, size/4)) training pairs: what SFT and RL draw.
+
+        Here LR is synthesised: data.degrade of the HR crops. `strength` is a float or a zero-argument
+        callable (e.g. sft.draw_strength), called once per group *after* the crops are drawn, so the random
+        stream is the one the loops drew before pools had this method. groups > 1 splits the batch into
+        interleaved groups with one strength each (several degradation levels in one batch)."""
+        hr = self.crops(n, size, g)
+        draw = strength if callable(strength) else (lambda: strength)
+        lr = torch.cat([degrade(hr[i::groups], draw(), g) for i in range(groups)])
+        return torch.cat([hr[i::groups] for i in range(groups)]), lr
+
+
+class PairedPool(ImagePool):
+    """Real (LR, HR) pairs, e.g. RealSR or DRealSR: aligned random crops of both (method.md §6's test sets).
+
+    LR is either 1/4 of HR (HR may be up to 3 px larger, as when HR sides are not multiples of 4: the excess
+    at the bottom/right is never cropped) or, as in RealSR's aligned release, the same size as HR; then the
+    LR crop is downsampled ×4 with data.degrade(·, 0) — Pillow's antialiased bicubic, the project's one
+    downsampler — so the policy always sees 1/4-size LR. The RM side (`crops`, used by fgr_batch) draws HR
+    crops only: the reward model learns from HR images with synthetic artifacts, whatever LR came with them.
+    Images stay decoded in memory (12 bytes per HR pixel): for a DIV2K-size set, point at a subset."""
+
+    def __init__(self, lrs: list, hrs: list, crop: int, name: str = "", segments=None):
+        if crop % SCALE:
+            raise ConfigError(f"--crop={crop} must be a multiple of {SCALE} for paired data")
+        super().__init__(hrs, crop, 0.0, name, segments)
+        self.lrs = [lrs[i] for i in self.keep]
+
+    def pairs(self, n: int, size: int, g: torch.Generator, strength=0.0, groups: int = 1):
+        """n aligned (HR, LR) crops of real pairs; `strength` and `groups` are ignored: the LR is real."""
+        k = torch.randint(len(self.images), (n,), generator=g).tolist()
+        hrs, lrs, same = [], [], []
+        for i in k:  # slicing views of images of different sizes: a loop over the batch, no compute
+            hr, lr = self.images[i], self.lrs[i]
+            s = 1 if lr.shape[-2:] == hr.shape[-2:] else SCALE  # HR pixels per LR pixel
+            c = size // s  # crop side on the LR grid
+            y = int(torch.randint(lr.shape[-2] - c + 1, (1,), generator=g))
+            x = int(torch.randint(lr.shape[-1] - c + 1, (1,), generator=g))
+            lrs.append(lr[:, y : y + c, x : x + c])
+            hrs.append(hr[:, s * y : s * y + size, s * x : s * x + size])
+            same.append(s == 1)
+        out = torch.empty(n, 3, size // SCALE, size // SCALE)
+        for flag in (False, True):  # one batched call per kind: already 1/4, or same size (downsample it)
+            idx = [j for j, f in enumerate(same) if f == flag]
+            if idx:
+                x = torch.stack([lrs[j] for j in idx])
+                out[idx] = degrade(x, 0.0) if flag else x
+        return torch.stack(hrs), out
+
+
+# RealSR names pairs Canon_001_HR.png / Canon_001_LR4.png, DRealSR x1 / x4, DIV2K 0001.png / 0001x4.png: the
+# pair key is the file stem without such a suffix. A suffix also says a file's side when LR_DIR == HR_DIR.
+_SUFFIX = re.compile(r"[_-]?(hr|lr\d*|x\d+)$", re.IGNORECASE)
+
+
+def _key(path: str) -> tuple[str, str]:
+    """(pair key, side) of a file: side 'hr' (_HR, x1), 'lr' (_LR, _LR4, x4, ...) or '' (no suffix)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    m = _SUFFIX.search(stem)
+    if not m or m.start() == 0:
+        return stem, ""
+    tag = m.group(1).lower()
+    return stem[: m.start()], "hr" if tag in ("hr", "x1") else "lr"
+
+
+def _listing(items: list[str], most: int = 8) -> str:
+    return ", ".join(items[:most]) + (f" … and {len(items) - most} more" if len(items) > most else "")
+
+
+def load_pairs(lr_dir: str, hr_dir: str):
+    """Match LR and HR files by key and check their scale. Returns (lrs, hrs, hr_segments); every unmatched or
+    mis-scaled file is listed in ONE error, so a user fixes the folder in one go."""
+    same_dir = os.path.realpath(lr_dir) == os.path.realpath(hr_dir)
+    sides = {"lr": {}, "hr": {}}
+    problems = []
+    for side, d in (("lr", lr_dir), ("hr", hr_dir)):
+        for f in _image_files(d):
+            key, tag = _key(f)
+            if same_dir and tag != side:  # one folder for both: the suffix decides the side
+                if not tag and side == "lr":  # report a suffix-less file once, not once per side
+                    problems.append(f"{os.path.basename(f)} (no _HR/_LR suffix)")
+                continue
+            if key in sides[side]:
+                problems.append(f"{os.path.basename(f)} (a second {side.upper()} for '{key}')")
+            sides[side][key] = f
+    lr_keys, hr_keys = set(sides["lr"]), set(sides["hr"])
+    problems += [f"{os.path.basename(sides['lr'][k])} (no HR)" for k in sorted(lr_keys - hr_keys)]
+    problems += [f"{os.path.basename(sides['hr'][k])} (no LR)" for k in sorted(hr_keys - lr_keys)]
+    keys = sorted(lr_keys & hr_keys)
+    lrs, _ = _read([sides["lr"][k] for k in keys], lr_dir)
+    hrs, segs = _read([sides["hr"][k] for k in keys], hr_dir, segments=True)
+    if len(lrs) != len(keys) or len(hrs) != len(keys):
+        raise ConfigError(f"unreadable images in paired:{lr_dir},{hr_dir} (see the warning); remove them")
+    for k, lr, hr in zip(keys, lrs, hrs):
+        (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
+        if (h, w) != (H, W) and (h, w) != (H // SCALE, W // SCALE):
+            name = os.path.basename(sides["lr"][k])
+            problems.append(f"{name} (LR {w}x{h} vs HR {W}x{H}: neither 1/4 nor equal)")
+    if problems:
+        raise ConfigError(
+            f"paired:{lr_dir},{hr_dir}: {len(problems)} file(s) unmatched or mis-scaled: {_listing(problems)}"
+            "; pairs share a name up to _HR/_LR4/x4, and LR is 1/4 of HR or the same size"
+        )
+    if not keys:
+        raise ConfigError(
+            f"no image pairs in paired:{lr_dir},{hr_dir}: add LR and HR images with matching names"
+        )
+    return lrs, hrs, segs
+
+
+def lr_files(data: str) -> list[str]:
+    """The image files of --data=lr:LR_DIR (evaluate.py score / upscale: no HR, no-reference scores only)."""
+    kind, dirs = parse_source(data)
+    if kind != "lr":
+        raise ConfigError(f"--data={data}: score and upscale read images from lr:LR_DIR (or image paths)")
+    files = _image_files(dirs[0])
+    if not files:
+        raise ConfigError(f"no image in {dirs[0]}: put PNG/JPEG/WebP/BMP/TIFF LR images there")
+    return files
+
 
 def load_pool(data="builtin", split="train", crop=64, procedural=None) -> ImagePool:
-    """An ImagePool of a source. Procedural images join the built-in training split only (30 %)."""
+    """An ImagePool of a source (a PairedPool for paired:LR_DIR,HR_DIR). Procedural images join the built-in
+    training split only (30 %). lr:LR_DIR has no HR, so nothing can train on it: a one-line error."""
+    kind, dirs = parse_source(data)
+    if kind == "lr":
+        raise ConfigError(
+            f"--data={data} has no HR images, so it cannot train or be judged against HR; use it with "
+            "`python evaluate.py score` / `upscale`, and train on an HR folder or paired:LR_DIR,HR_DIR"
+        )
+    if kind == "paired":
+        lrs, hrs, segs = load_pairs(*dirs)
+        return PairedPool(lrs, hrs, crop, name=data, segments=segs)
     if procedural is None:
         procedural = 0.3 if (data == "builtin" and split == "train") else 0.0
-    return ImagePool(load_images(data, split), crop, procedural, name=data)
+    if kind == "builtin":
+        return ImagePool(load_images(data, split), crop, procedural, name=data)
+    imgs, segs = _read(_image_files(data), data, segments=True)  # decode + superpixels in worker processes
+    if not imgs:
+        raise ConfigError(f"no usable image in {data}: put PNG/JPEG/WebP/BMP/TIFF HR images there")
+    return ImagePool(imgs, crop, procedural, name=data, segments=segs)
 
 
 def _grid_segments(n: int, size: int, cells: int = 4) -> torch.Tensor:

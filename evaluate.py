@@ -43,7 +43,7 @@ from policy import load_policy
 @dataclass
 class Config:
     out_dir: str = "out/eval"  # report.md, figures, work/ (the runs it trains): a fresh out_dir = scratch
-    data: str = "builtin"  # training source of SFT, RM, RL; evaluation always uses builtin's held-out photos
+    data: str = "builtin"  # training source (evaluation: builtin's held-out photos); score/upscale: lr:DIR
     seed: int = 0  # SFT and RM use it; the RL arms use seed … seed + n_seeds − 1
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu: also selects train_rm's and train_rl's preset of the same name
@@ -449,6 +449,8 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
 
 def main(cfg: Config) -> str:
     t0 = time.time()
+    if data.parse_source(cfg.data)[0] == "lr":  # no HR: nothing to train on or judge against
+        raise config.ConfigError(f"--data={cfg.data} is for `evaluate.py score` / `upscale`: it has no HR")
     dev = config.pick_device(cfg.device)
     os.makedirs(cfg.out_dir, exist_ok=True)
     config.save_config(cfg, cfg.out_dir)

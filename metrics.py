@@ -74,13 +74,68 @@ def texture_energy(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(feats, 1)
 
 
+# ----------------------------------------------------------------------------------------------------
+# The hook for a user-supplied φ (method.md §2: the paper's DINOv3). Nothing is downloaded or unpickled here:
+# you load the network yourself, from files you have, and hand this module a callable. For example, DINOv2
+# from a local clone of its repository (torch.hub with source="local" imports the clone's Python code, the
+# weights file is a state dict) or from a local Hugging Face snapshot:
+#
+#     import torch, metrics
+#     dino = torch.hub.load("/path/to/dinov2", "dinov2_vits14", source="local", pretrained=False)
+#     dino.load_state_dict(torch.load("/path/to/dinov2_vits14_pretrain.pth", weights_only=True))
+#     # or: from transformers import AutoModel; dino = AutoModel.from_pretrained("/path/to/dinov2-small")
+#
+#     class DinoPhi(torch.nn.Module):          # images in [0, 1] -> (B, C, h, w) patch features
+#         def __init__(self, net):
+#             super().__init__()
+#             self.net = net.eval().requires_grad_(False)
+#             self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+#             self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+#         def forward(self, x):
+#             H, W = x.shape[-2] // 14 * 14, x.shape[-1] // 14 * 14   # ViT-14: whole patches only
+#             x = (x[..., :H, :W] - self.mean) / self.std
+#             tok = self.net.forward_features(x)["x_norm_patchtokens"]   # (B, h*w, C)
+#             # (transformers: tok = self.net(pixel_values=x).last_hidden_state[:, 1:], dropping CLS)
+#             return tok.transpose(1, 2).reshape(x.shape[0], -1, H // 14, W // 14)
+#
+#     metrics.set_phi(DinoPhi(dino).to(device), norm=0.5)   # then train_rm.main(cfg), evaluate.main(cfg), ...
+#
+# With φ set, d_φ = (1 − cos(φ(x), φ(ref))) / 2 per feature location (the paper's literal form), upsampled
+# to the image. NORM was calibrated for the default φ: re-calibrate it for yours (95th percentile of the raw
+# map over SR-zoo samples, as described at NORM below) and pass it as `norm`.
+
+PHI: nn.Module | None = None  # the user's φ, set with set_phi; None = texture energy
+
+
+def set_phi(phi, norm: float | None = None) -> None:
+    """Make `phi` (images (B, 3, H, W) in [0, 1] -> features (B, C, h, w)) the label function's φ everywhere:
+    FGR labels, the gold judge, coevolution. phi=None restores the default. Checked once on a tiny input so a
+    wrong wrapper is a one-line error here, not a shape error deep in training."""
+    global PHI, NORM
+    if phi is not None:
+        if not callable(phi):
+            raise TypeError(f"set_phi: phi must be a callable or nn.Module, got {type(phi).__name__}")
+        p = next(iter(phi.parameters()), None) if isinstance(phi, nn.Module) else None
+        probe = torch.rand(1, 3, 64, 64, device=p.device if p is not None else "cpu")
+        with torch.no_grad():
+            out = phi(probe)
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != 1:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"set_phi: phi must return (B, C, h, w) features, got {shape}; reshape tokens")
+    PHI = phi
+    if norm is not None:
+        NORM = float(norm)
+
+
 def feature_distance(x: torch.Tensor, ref: torch.Tensor, phi: nn.Module | None = None) -> torch.Tensor:
     """d_φ(x, ref) per pixel, (B, 1, H, W) in [0, 1].
 
     Default φ: texture energy with the per-feature contrast comparison above. A user network φ (e.g. a
     DINOv2/v3 backbone the user loaded from a local path, wrapped to return (B, C, h, w) features) gets the
-    paper's literal form, 1 − cos(φ(x), φ(ref)) per location, upsampled to the image size.
+    paper's literal form, 1 − cos(φ(x), φ(ref)) per location, upsampled to the image size. phi=None uses
+    the network set with set_phi, if any (the hook above).
     """
+    phi = phi if phi is not None else PHI
     if phi is not None:
         fx, fr = phi(x), phi(ref)
         d = 1 - F.cosine_similarity(fx, fr, dim=1, eps=1e-6).unsqueeze(1)  # (B, 1, h, w) in [0, 2]

@@ -16,6 +16,8 @@ mean comes from `scheduler.step` itself (no hand-copied DDIM) and std_t = eta * 
 so the sampler, the stored log-probs and the recomputed (PPO) log-probs all use one function.
 Log-probs are kept PER PIXEL (K, B, 3, H, W): the RL loop can weight each pixel by a local advantage
 from the reward model's degradation map (B, 1, H, W broadcasts over channels), method.md §4.
+space="latent" is a pretrained LDMSuperResolutionPipeline (unet + vqvae, epsilon prediction; ldm.py says
+how): only condition / encode / decode and the shapes differ, the sampler and log-probs are the same code.
 """
 
 import contextlib
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
+import ldm
 from config import ConfigError, atomic_dir, ddp, read_kind, write_json
 
 SCALE = 4  # the SR factor everywhere in this project (design.md: "Scale x4")
@@ -44,7 +47,7 @@ class PolicyConfig:
     # --- the diffusion process
     num_train_timesteps: int = 1000  # the standard DDPM grid; K sampling steps are a trailing subset of it
     prediction_type: str = "sample"  # x0 prediction: epsilon prediction failed to learn at small CPU budgets
-    space: str = "pixel"  # where diffusion runs; "latent" (an LDM SR vqvae) is the planned plug-in
+    space: str = "pixel"  # where diffusion runs: pixel | latent (a pretrained LDM SR's VQ space, ldm.py)
     residual_scale: float = 1.0  # x0 = (HR - up(LR)) * residual_scale; set with estimate_residual_scale()
     # --- sampling defaults (used by sample/upscale when steps/eta are None)
     steps: int = 10  # K: Flow-GRPO trains with 10 steps; short trajectories keep RL rollouts cheap
@@ -55,7 +58,7 @@ class PolicyConfig:
 class Trajectory:
     """One batched sampling run, everything an RL update needs (DDPO's stored rollout)."""
 
-    x: torch.Tensor  # (K+1, B, C, H, W): x_T, ..., x_0 in policy space (scaled residual for "pixel")
+    x: torch.Tensor  # (K+1, B, C, H, W): x_T, ..., x_0 in policy space (pixel: scaled residual; latent: VQ)
     t: torch.Tensor  # (K,) long, on CPU: each step's timestep (CPU: reading it never syncs a GPU)
     logprob: torch.Tensor  # (K, B, C, H, W): log N(x[k+1]; mean_k, std_k^2) per pixel and channel
     steps: int  # K, needed to recompute: the scheduler's previous timestep is t - T // K
@@ -81,21 +84,25 @@ def estimate_residual_scale(lr: torch.Tensor, hr: torch.Tensor) -> float:
 class Policy(nn.Module):
     """UNet2DModel + DDIMScheduler as a Gaussian policy over K denoising steps (module docstring)."""
 
-    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler):
+    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler, vqvae=None):
         super().__init__()
-        if cfg.space != "pixel":
-            raise ConfigError(f"space='{cfg.space}' is not implemented yet; only 'pixel' is (encode/decode)")
+        if cfg.space not in ("pixel", "latent") or (cfg.space == "latent") != (vqvae is not None):
+            raise ConfigError(f"space='{cfg.space}' needs {'a' if cfg.space == 'latent' else 'no'} vqvae")
         if scheduler.config.prediction_type != cfg.prediction_type:
             raise ConfigError(
                 f"policy.json says prediction_type={cfg.prediction_type} but the scheduler says "
                 f"{scheduler.config.prediction_type}; re-save the policy with save_policy"
             )
         self.cfg, self.unet, self.scheduler = cfg, unet, scheduler  # the scheduler holds no parameters
+        self.vqvae = vqvae.requires_grad_(False).eval() if vqvae is not None else None  # frozen: UNet trains
         # A device copy of abar_t for sft_loss (it follows .to(device)); the scheduler keeps its CPU table,
         # so reading a step's variance never waits on the GPU. Not saved: the scheduler config rebuilds it.
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone(), persistent=False)
         # The last down block of UNet2DModel does not downsample, so the total stride is 2^(levels - 1).
         self.stride = 2 ** (len(unet.config.block_out_channels) - 1)
+        # The UNet runs at SR size in pixel space, at LR size in latent space: the LR side must be a multiple
+        # of this for the UNet's strides to divide its input (apply.py pads LR tiles to it).
+        self.lr_multiple = max(1, self.stride // SCALE) if vqvae is None else self.stride
         # Mixed precision of the UNet alone (train_rl --amp=bf16); None = fp32. Not saved with the policy.
         self.amp = None
 
@@ -134,16 +141,29 @@ class Policy(nn.Module):
     # encode/decode, and the loops below stay unchanged.
 
     def condition(self, lr: torch.Tensor) -> torch.Tensor:
-        """The UNet's extra input channels: up(LR) mapped to [-1, 1], the range the noise lives in."""
-        return upsample(lr) * 2 - 1
+        """The UNet's extra input channels: up(LR) mapped to [-1, 1], the range the noise lives in.
+        Latent: LR itself in [-1, 1] at LR resolution, concatenated as LDMSuperResolutionPipeline does."""
+        return lr * 2 - 1 if self.vqvae is not None else upsample(lr) * 2 - 1
 
     def encode(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """HR image -> x0 in policy space: the residual over bicubic, scaled to about unit variance."""
+        """HR image -> x0 in policy space: the residual over bicubic, scaled to about unit variance.
+        Latent: the frozen vqvae's encoding of HR (ldm.vq_encode)."""
+        if self.vqvae is not None:
+            return ldm.vq_encode(self.vqvae, hr)
         return (hr - upsample(lr)) * self.cfg.residual_scale
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """x0 in policy space -> SR image in [0, 1] (the clamp is the only non-differentiable corner)."""
+        """x0 in policy space -> SR image in [0, 1] (the clamp is the only non-differentiable corner).
+        Latent: the vqvae decoder, differentiable through a straight-through quantiser (ldm.vq_decode)."""
+        if self.vqvae is not None:
+            return ldm.vq_decode(self.vqvae, x0)
         return (x0 / self.cfg.residual_scale + upsample(lr)).clamp(0, 1)
+
+    def x_shape(self, cond: torch.Tensor) -> tuple:
+        """Shape of x_t: the condition's (pixel: RGB), or the vqvae's latent channels C at the LR size."""
+        if self.vqvae is None:
+            return tuple(cond.shape)
+        return (cond.shape[0], self.vqvae.config.latent_channels, *cond.shape[-2:])
 
     # ------------------------------------------------------------------------------------------------
     # One DDIM step as a Gaussian: the single function behind sampling, stored and recomputed log-probs.
@@ -168,7 +188,7 @@ class Policy(nn.Module):
         # sigma_t(eta) = eta * sqrt((1 - a_prev)/(1 - a_t) * (1 - a_t/a_prev)), DDIM eq. 16. The prev
         # timestep is computed the way scheduler.step does; with set_alpha_to_one=False the last step
         # (t_prev < 0) uses alphas_cumprod[0] < 1, so even the final step has std > 0 (a valid density).
-        t_prev = t - self.cfg.num_train_timesteps // self.scheduler.num_inference_steps
+        t_prev = t - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
         std = eta * float(self.scheduler._get_variance(t, t_prev)) ** 0.5  # CPU table: no device sync
         return out.prev_sample, std, out.pred_original_sample
 
@@ -232,11 +252,13 @@ class Policy(nn.Module):
             raise ValueError("lr is an empty batch (B = 0); pass at least one image")
         if c != 3:
             raise ValueError(f"lr has {c} channels, expected 3 (RGB); convert grayscale/RGBA images to RGB")
-        if (SCALE * h) % self.stride or (SCALE * w) % self.stride:
-            m = max(1, self.stride // SCALE)  # the LR multiple that makes 4*h a multiple of the stride
+        if h % self.lr_multiple or w % self.lr_multiple:
+            # the UNet's input: the SR size in pixel space, the LR size itself in latent space
+            size = f"SR size {SCALE * h}x{SCALE * w} (4 x LR {h}x{w})"
+            size = f"LR {h}x{w}" if self.vqvae is not None else size
             raise ValueError(
-                f"SR size {SCALE * h}x{SCALE * w} (4 x LR {h}x{w}) is not a multiple of the UNet's total "
-                f"stride {self.stride}; crop or pad the LR image to a multiple of {m}"
+                f"{size} is not a multiple of the UNet's total stride {self.stride}; "
+                f"crop or pad the LR image to a multiple of {self.lr_multiple}"
             )
 
     @torch.no_grad()
@@ -251,7 +273,7 @@ class Policy(nn.Module):
         if return_traj and eta == 0:
             raise ValueError("return_traj needs eta > 0: a deterministic DDIM step has no log-prob")
         cond = self.condition(lr)
-        x = self._noise(cond.shape, generator, cond)  # x_T ~ N(0, I) (init_noise_sigma is 1 for DDIM)
+        x = self._noise(self.x_shape(cond), generator, cond)  # x_T ~ N(0, I) (init_noise_sigma = 1 for DDIM)
         xs, logprobs = [x], []
         for t in self.scheduler.timesteps.tolist():  # python ints: 999, 899, ..., 99 for K=10 (trailing)
             mean, std, _ = self._stats(x, t, cond, eta)
@@ -280,7 +302,7 @@ class Policy(nn.Module):
         cond = self.condition(lr)
         ts = self.scheduler.timesteps.tolist()
         with torch.no_grad():  # the cheap part: no graph kept for the first stop_index steps
-            x = self._noise(cond.shape, generator, cond)
+            x = self._noise(self.x_shape(cond), generator, cond)
             for t in ts[:stop_index]:
                 mean, std, _ = self._stats(x, t, cond, eta)
                 x = mean + std * self._noise(x.shape, generator, x)
@@ -373,16 +395,33 @@ POLICY_FIX = "python train_rl.py --sft_only"  # the command that makes a policy 
 
 
 def save_policy(policy: Policy, path: str) -> None:
-    """Write <path>/{unet/, scheduler/, policy.json} atomically (temp dir, then rename)."""
+    """Write <path>/{unet/, scheduler/, policy.json} atomically (temp dir, then rename); a latent policy also
+    vqvae/ and model_index.json: an LDMSuperResolutionPipeline directory diffusers itself can load."""
     with atomic_dir(path) as tmp:
-        policy.unet.save_pretrained(os.path.join(tmp, "unet"))  # safetensors + config.json
-        policy.scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+        if policy.vqvae is not None:
+            ldm.save_ldm(policy, tmp)
+        else:
+            policy.unet.save_pretrained(os.path.join(tmp, "unet"))  # safetensors + config.json
+            policy.scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
         write_json(os.path.join(tmp, "policy.json"), {"kind": "policy", **dataclasses.asdict(policy.cfg)})
 
 
 def load_policy(path: str, device=None) -> Policy:
-    """Load a policy directory (on CPU unless `device` is given); a wrong directory is a one-line error."""
+    """Load a policy directory (on CPU unless `device` is given); a wrong directory is a one-line error.
+
+    Also a bare diffusers LDMSuperResolutionPipeline directory (no policy.json: detected by its
+    model_index.json, or its unet/ + vqvae/ subfolders), loaded as a latent-space policy (ldm.py)."""
+    bare = os.path.isdir(path) and not os.path.isfile(os.path.join(path, "policy.json"))
+    if bare and not os.path.isfile(os.path.join(path, "rm.json")):  # an RM gets read_kind's error below
+        if ldm.is_ldm_dir(path):
+            return ldm.load_ldm(path).to(device or "cpu").eval()
+        raise ConfigError(
+            f"'{path}' is neither a policy directory (policy.json) nor an LDMSuperResolutionPipeline"
+            f" directory (model_index.json, unet/, vqvae/, scheduler/); make a policy with `{POLICY_FIX}`"
+        )
     meta = read_kind(path, "policy", POLICY_FIX)
+    if meta.get("space") == "latent":
+        return ldm.load_ldm(path, meta).to(device or "cpu").eval()
     fields = {f.name for f in dataclasses.fields(PolicyConfig)}
     cfg = PolicyConfig(**{k: v for k, v in meta.items() if k in fields})
     cfg.block_out_channels = tuple(cfg.block_out_channels)  # JSON turned the tuple into a list

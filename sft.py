@@ -2,15 +2,19 @@
 
     python train_rl.py --sft_only             # writes out/rl/policy_sft, then stops
     python train_rl.py --sft_only --resume    # continue an interrupted SFT
+    python train_rl.py --sft_only --init_policy=DIR --data=paired:LR,HR   # fine-tune a pretrained policy
 
 RL needs a sensible starting point: a policy that already super-resolves, whose samples vary where the image
 is uncertain (texture) and not where it is not (flat regions). That is the denoising loss on (LR, HR) pairs
 (policy.sft_loss). The LR images come from data.degrade with a strength drawn per batch from a range that
 includes 0 (clean bicubic LR, the classical protocol) — 30 % of batches exactly 0 — so the policy serves both
-classical and real-world LR. The result is cached as out_dir/policy_sft: later runs reuse it.
+classical and real-world LR; with --data=paired:LR_DIR,HR_DIR the LR is the real one (data.PairedPool). With
+--init_policy (e.g. a pretrained LDMSuperResolutionPipeline directory) SFT starts from those weights instead
+of a fresh, bicubic-initialised UNet. The result is cached as out_dir/policy_sft: later runs reuse it.
 Lives in its own module (design.md: a new file, named after its stage, when train_rl.py would pass ~500).
 """
 
+import functools
 import json
 import math
 import os
@@ -38,11 +42,15 @@ def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) ->
     the SFT acceptance check, printed after SFT."""
     g = torch.Generator().manual_seed(seed + 2000)
     split = "val" if data_name == "builtin" else "train"
-    hr = data.load_pool(data_name, split, crop).crops(n, crop, g)
+    pool = data.load_pool(data_name, split, crop)
     dev = next(policy.parameters()).device
     out = {}
-    for name, strength in (("clean", 0.0), ("degraded", 0.5)):
-        lr = data.degrade(hr, strength, g).to(dev)
+    # Real pairs have one LR per image ("real"); an HR source gets clean and degraded LR of the same crops.
+    paired = isinstance(pool, data.PairedPool)
+    hr = None if paired else pool.crops(n, crop, g)
+    for name, strength in (("real", 0.0),) if paired else (("clean", 0.0), ("degraded", 0.5)):
+        hr, lr = pool.pairs(n, crop, g) if paired else (hr, data.degrade(hr, strength, g))
+        lr = lr.to(dev)
         sr = policy.sample(lr, eta=0.0, generator=torch.Generator(dev).manual_seed(seed))
         h = hr.to(dev)
         out[name] = {
@@ -59,16 +67,20 @@ def train_sft(cfg, pool, dev, log):
         print(f"reusing the cached SFT policy {path}") if config.is_main() else None
         return load_policy(path, dev)
     g = torch.Generator().manual_seed(cfg.seed)
-    # The residual scale, estimated once from data (policy.estimate_residual_scale says why it matters).
-    hr = pool.crops(64, cfg.crop, g)
-    lr = torch.cat([data.degrade(hr[i::4], draw_strength(cfg, g), g) for i in range(4)])
-    hr = torch.cat([hr[i::4] for i in range(4)])
-    pcfg = PolicyConfig(
-        residual_scale=estimate_residual_scale(lr, hr),
-        block_out_channels=cfg.unet_channels,
-        layers_per_block=cfg.unet_layers,
-    )
-    policy = make_policy(pcfg).to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
+    if cfg.init_policy:  # fine-tune given weights (e.g. a pretrained latent-diffusion SR model)
+        policy = load_policy(cfg.init_policy, dev)
+        pcfg = policy.cfg
+    else:
+        # The residual scale, estimated once from data (policy.estimate_residual_scale says why it matters):
+        # 64 pairs in 4 groups of one degradation strength each.
+        hr, lr = pool.pairs(64, cfg.crop, g, lambda: draw_strength(cfg, g), groups=4)
+        pcfg = PolicyConfig(
+            residual_scale=estimate_residual_scale(lr, hr),
+            block_out_channels=cfg.unet_channels,
+            layers_per_block=cfg.unet_layers,
+        )
+        policy = make_policy(pcfg)
+    policy = policy.to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
     policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
     # fused AdamW: one kernel for the whole update on CUDA (the CPU path has no fused variant worth using)
     opt = torch.optim.AdamW(
@@ -103,8 +115,7 @@ def train_sft(cfg, pool, dev, log):
                 group["lr"] = cfg.sft_lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / cfg.sft_steps)))
             # This step's images from (seed, rank, step) alone: ranks differ, --resume needs no RNG state.
             g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank + 17)
-            hr = pool.crops(cfg.sft_batch, cfg.crop, g)
-            lr = data.degrade(hr, draw_strength(cfg, g), g)
+            hr, lr = pool.pairs(cfg.sft_batch, cfg.crop, g, functools.partial(draw_strength, cfg, g))
             loss = policy.sft_loss(hr.to(dev), lr.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()  # under torchrun: the all-reduce of the gradients happens here

@@ -20,7 +20,7 @@ The loop, in the order it runs (method.md §4–5; kvablack/ddpo-pytorch is the 
 """
 
 import contextlib
-import copy
+import functools
 import json
 import math
 import os
@@ -43,12 +43,12 @@ from rm import freeze, fuse, load_rm, reward, rm_losses
 @dataclass
 class Config:
     out_dir: str = "out/rl"  # policy_sft/, policy_stage{k}/, policy_final/, metrics.jsonl, state.pt
-    data: str = "builtin"  # 'builtin' or a folder of HR images (LR made by data.degrade)
+    data: str = "builtin"  # builtin | an HR folder (LR made by data.degrade) | paired:LR_DIR,HR_DIR
     seed: int = 0  # one seed for data, noise and init
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu
     resume: bool = False  # continue from out_dir/state.pt (SFT or RL, whichever was running)
-    init_policy: str = ""  # start RL from this policy directory instead of SFT
+    init_policy: str = ""  # policy or LDM SR pipeline dir: RL starts here (with --sft_only: SFT does)
     sft_only: bool = False  # stop after the SFT warm start
     rm_dir: str = "out/rm"  # train_rm.py's out_dir: rm_stage0 … rm_stageN
     algo: str = "pg"  # pg (policy gradient with map-based local penalties) | refl (the paper's)
@@ -119,6 +119,15 @@ PRESETS = {
 
 def load_rms(rm_dir: str, dev) -> list:
     """Every RM stage under rm_dir, frozen (the rewards are fixed functions during RL)."""
+    has = lambda f: os.path.isfile(os.path.join(rm_dir, f))  # noqa: E731  (wrong kinds: say what it is)
+    if has("policy.json") or has("model_index.json"):
+        raise config.ConfigError(
+            f"--rm_dir={rm_dir} is a policy directory, not train_rm's out_dir; pass that (it holds"
+            " rm_stage0/ …), e.g. out/rm from `python train_rm.py`"
+        )
+    if has("rm.json"):
+        parent = os.path.dirname(os.path.abspath(rm_dir))
+        raise config.ConfigError(f"--rm_dir={rm_dir} is one RM stage; pass its parent {parent}")
     if not os.path.isdir(os.path.join(rm_dir, "rm_stage0")):
         raise config.ConfigError(
             f"no reward model in '{rm_dir}' (rm_stage0/ missing); run `python train_rm.py`"
@@ -174,11 +183,14 @@ def local_penalty(M: torch.Tensor, G: int) -> torch.Tensor:
 
 
 def pixel_advantages(r, M, G, lam_px, clip, size):
-    """A_i(p) = clip(A_i + λ_px · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W)."""
+    """A_i(p) = clip(A_i + λ_px · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W).
+
+    `size` is the log-prob's: the image size in pixel space; in latent space (an LDM policy) 1/4 of it, where
+    the antialiased resize averages the map over each latent pixel's 4×4 image patch (identity at 1:1)."""
     A = group_advantages(r, G, clip).view(-1, 1, 1, 1)
     if M is None or lam_px == 0:
         return A.expand(-1, 1, *size)
-    D = F.interpolate(local_penalty(M, G), size=size, mode="bilinear", align_corners=False)
+    D = F.interpolate(local_penalty(M, G), size=size, mode="bilinear", align_corners=False, antialias=True)
     return (A + lam_px * D).clamp(-clip, clip)
 
 
@@ -205,7 +217,7 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
         r = r - cfg.lam_lr * lr_error(sr, lr_g)
     with_map = [(s, w) for s, w in weights if maps[s] is not None]
     M = sum(w * maps[s] for s, w in with_map) if with_map else None  # blended map; none at stage 0
-    adv = pixel_advantages(r, M, G, cfg.lam_px, cfg.adv_clip, sr.shape[-2:]).detach()
+    adv = pixel_advantages(r, M, G, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:]).detach()  # x's size
     # A group whose rewards (and maps) are all equal has A = D = 0: it contributes nothing. Count them.
     flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
     if M is not None:
@@ -345,17 +357,19 @@ def main(cfg: Config) -> str:
     )
 
     # 0. The starting policy: --init_policy, else the cached or freshly trained SFT policy.
-    if cfg.init_policy:
+    if cfg.init_policy and not cfg.sft_only:
         policy = load_policy(cfg.init_policy, dev)
     else:
-        policy = sft.train_sft(cfg, pool, dev, log)
+        policy = sft.train_sft(cfg, pool, dev, log)  # starts from --init_policy's weights when given
     if cfg.sft_only:
         log.close()
         return cfg.out_dir
     rms = load_rms(cfg.rm_dir, dev)
     N = len(rms) - 1
-    # The KL anchor: a frozen copy of the starting (SFT) policy, made only when it is used.
-    ref = freeze(copy.deepcopy(policy)) if cfg.beta_kl > 0 else None
+    # The KL anchor: a frozen copy of the starting policy (from disk: rank 0 wrote it before the barrier),
+    # loaded only when it is used.
+    start_dir = cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft")
+    ref = freeze(load_policy(start_dir, dev)) if cfg.beta_kl > 0 else None
     policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
     policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
 
@@ -412,11 +426,10 @@ def main(cfg: Config) -> str:
             # Data and noise of this step, from (seed, rank, step) alone: every rank draws different images,
             # and --resume continues the exact streams without storing any generator state.
             g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank)
-            hr = pool.crops(cfg.batch, cfg.crop, g).to(dev)
-            lr = data.degrade(hr, sft.draw_strength(cfg, g), g)
-            gen = torch.Generator(device=dev).manual_seed(
-                (cfg.seed * 1_000_003 + step) * 131 + rank
-            )  # rollouts
+            hr, lr = pool.pairs(cfg.batch, cfg.crop, g, functools.partial(sft.draw_strength, cfg, g))
+            hr, lr = hr.to(dev), lr.to(dev)
+            seed = (cfg.seed * 1_000_003 + step) * 131 + rank
+            gen = torch.Generator(device=dev).manual_seed(seed)  # the rollout noise
             opt.zero_grad(set_to_none=True)
             if cfg.algo == "pg":
                 loss, sr, stats = pg_step(

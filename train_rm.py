@@ -36,7 +36,7 @@ from rm import RMConfig, freeze, grow, load_rm, make_rm, n_params, rm_losses, sa
 @dataclass
 class Config:
     out_dir: str = "out/rm"  # rm_stage{k}/, metrics.jsonl, config.json, state.pt land here
-    data: str = "builtin"  # 'builtin' (skimage photos + procedural images) or a folder of HR images
+    data: str = "builtin"  # builtin (skimage photos + procedural) | an HR folder | paired:LR,HR (HR side)
     policy: str = ""  # a policy directory: its samples join the SR zoo (the paper's diffusion-SR outputs)
     seed: int = 0  # one seed for data, init and validation set: runs are reproducible
     device: str = "auto"  # auto = cuda when present

@@ -1,0 +1,149 @@
+"""A pretrained latent-diffusion SR model as the policy: diffusers' LDMSuperResolutionPipeline layout.
+
+    python train_rl.py --init_policy=PATH/ldm-super-resolution-4x-openimages --sft_only --data=paired:LR,HR
+    python train_rl.py --init_policy=out/rl/policy_sft --algo=refl        # RL on the fine-tuned LDM
+    policy = load_policy("PATH/ldm-super-resolution-4x-openimages")        # policy.py: the one entry point
+
+Point --init_policy (or load_policy) at a directory with unet/, vqvae/, scheduler/ (and model_index.json),
+e.g. CompVis/ldm-super-resolution-4x-openimages that you downloaded yourself; nothing is fetched here.
+policy.py's Policy then runs with space="latent". What that means, following the pipeline's own __call__
+(diffusers/pipelines/latent_diffusion/pipeline_latent_diffusion_superresolution.py):
+- x lives in the VQ-f4 latent space at LR resolution: (B, C, h, w), C = vqvae latent_channels (3 for the
+  CompVis model), unscaled (the pipeline applies no scaling_factor). The UNet input is cat([x_t, LR]) with
+  LR in [-1, 1] at its own resolution, so unet.in_channels = C + 3. Epsilon prediction, as trained.
+- SR = clamp(vqvae.decode(x0), -1, 1) / 2 + 1/2 at 4h × 4w. decode quantises x0 to the nearest codebook
+  vectors, as the pipeline does, so our samples are exactly the pipeline's images. ReFL needs a gradient
+  through it: diffusers' VectorQuantizer already returns z + (z_q − z).detach(), a straight-through
+  estimator (forward: the quantised latent; backward: identity), so the reward's gradient reaches the UNet
+  through the decoder as if the quantiser were not there. We keep it rather than decoding with
+  force_not_quantize=True, so the image ReFL scores is the image the policy really outputs.
+- SFT: the epsilon loss on x0 = vqvae.encode(2·HR − 1).latents (pre-quantisation, as LDM trains).
+- The vqvae is frozen (requires_grad False): RL and SFT train the UNet only.
+- The loaded scheduler is re-configured for RL (rl_scheduler below) so every step has std > 0.
+"""
+
+import json
+import os
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel, VQModel
+
+from config import ConfigError
+
+PIPELINE = "LDMSuperResolutionPipeline"  # model_index.json's _class_name for this layout
+FIX = "give a policy directory (python train_rl.py --sft_only) or an LDMSuperResolutionPipeline directory"
+
+
+def is_ldm_dir(path: str) -> bool:
+    """An LDM SR pipeline directory: model_index.json naming LDMSuperResolutionPipeline, or (no index) the
+    unet/ + vqvae/ subfolders. A model_index.json naming any other pipeline is a one-line error."""
+    index = os.path.join(path, "model_index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            name = json.load(f).get("_class_name")
+        if name != PIPELINE:
+            raise ConfigError(f"'{path}' holds a {name}, not an {PIPELINE}; {FIX}")
+        return True
+    return all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae"))
+
+
+def rl_scheduler(config) -> DDIMScheduler:
+    """The loaded scheduler's noise schedule (betas, T, prediction type) as a DDIM sampler fit for RL.
+
+    - timestep_spacing="trailing": the first step starts at t = T − 1, from pure noise (the "leading"
+      spacing the LDM ships with starts K = 10 steps at t = 900, where x_T ~ N(0, I) is off-distribution).
+    - set_alpha_to_one=False: the last step ends at alphas_cumprod[0] < 1 instead of 1, so its std is > 0:
+      with the default the final step is deterministic and a trajectory has no log-prob (DDPO needs one).
+    - clip_sample/thresholding off: x is a latent, not an image in [-1, 1].
+    Whatever scheduler class the directory names (DDIM, PNDM, …), its config's schedule is what is kept."""
+    return DDIMScheduler.from_config(
+        config,
+        timestep_spacing="trailing",
+        set_alpha_to_one=False,
+        steps_offset=0,
+        clip_sample=False,
+        thresholding=False,
+    )
+
+
+def check_pair(unet: UNet2DModel, vqvae: VQModel, path: str) -> int:
+    """The pieces must fit together as the pipeline uses them; returns the latent channel count C."""
+    c = vqvae.config.latent_channels
+    f = 2 ** (len(vqvae.config.block_out_channels) - 1)  # the VQ autoencoder's down-sampling factor
+    if f != 4:
+        raise ConfigError(f"'{path}': the vqvae is VQ-f{f}, this project is ×4 SR (VQ-f4); {FIX}")
+    if unet.config.in_channels != c + 3 or unet.config.out_channels != c:
+        raise ConfigError(
+            f"'{path}': unet takes {unet.config.in_channels} and gives {unet.config.out_channels} channels;"
+            f" an LDM SR unet takes latent ({c}) + LR (3) and gives {c}; {FIX}"
+        )
+    return c
+
+
+def _load(cls, path: str, sub: str):
+    """from_pretrained of one component; any failure (missing files, a broken config) is a one-line error.
+
+    safetensors only: without use_safetensors=True diffusers falls back to a pickled .bin file, and this
+    project never unpickles. A download that has only .bin weights: convert it once yourself (README)."""
+    try:
+        return cls.from_pretrained(os.path.join(path, sub), use_safetensors=True)
+    except Exception as e:  # diffusers raises OSError / ValueError / EnvironmentError with long messages
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"'{path}': cannot load {sub}/ ({msg}); {FIX}") from None
+
+
+def load_ldm(path: str, meta: dict | None = None):
+    """A latent Policy from an LDM SR pipeline directory (ours with policy.json, or a bare diffusers one)."""
+    from policy import Policy, PolicyConfig  # here: policy.py imports this module lazily, not the reverse
+
+    unet, vqvae = _load(UNet2DModel, path, "unet"), _load(VQModel, path, "vqvae")
+    check_pair(unet, vqvae, path)
+    try:
+        sched_cfg = DDIMScheduler.load_config(os.path.join(path, "scheduler"))
+    except Exception:
+        raise ConfigError(f"'{path}': no readable scheduler/scheduler_config.json; {FIX}") from None
+    scheduler = rl_scheduler(sched_cfg)
+    fields = {k: v for k, v in (meta or {}).items() if k in PolicyConfig.__dataclass_fields__}
+    cfg = PolicyConfig(
+        **{
+            **fields,  # steps / eta saved with our policy; the rest follows the weights below
+            "space": "latent",
+            "block_out_channels": tuple(unet.config.block_out_channels),
+            "layers_per_block": unet.config.layers_per_block,
+            "norm_groups": unet.config.norm_num_groups,
+            "sample_size": unet.config.sample_size,
+            "num_train_timesteps": scheduler.config.num_train_timesteps,
+            "prediction_type": scheduler.config.prediction_type,
+            "residual_scale": 1.0,  # pixel space only
+        }
+    )
+    return Policy(cfg, unet, scheduler, vqvae=vqvae)
+
+
+def save_ldm(policy, tmp: str) -> None:
+    """Write the policy as an LDMSuperResolutionPipeline (model_index.json, unet/, vqvae/, scheduler/), so it
+    also runs in diffusers' own pipeline; save_policy adds policy.json. Imported from its module path: the
+    top-level diffusers name needs transformers installed, which this project does not."""
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
+        LDMSuperResolutionPipeline,
+    )
+
+    LDMSuperResolutionPipeline(
+        vqvae=policy.vqvae, unet=policy.unet, scheduler=policy.scheduler
+    ).save_pretrained(tmp)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The latent space's encode / decode (called by Policy.encode / decode when space == "latent")
+
+
+def vq_encode(vqvae: VQModel, hr: torch.Tensor) -> torch.Tensor:
+    """HR in [0, 1] → x0 latents (B, C, h, w): the encoder output before quantisation, as LDM trains on it."""
+    with torch.no_grad():  # the autoencoder is frozen: SFT's target, not a path for gradients
+        return vqvae.encode(hr * 2 - 1).latents
+
+
+def vq_decode(vqvae: VQModel, x0: torch.Tensor) -> torch.Tensor:
+    """x0 latents → SR in [0, 1], quantised with the straight-through estimator (module docstring), so it is
+    differentiable w.r.t. x0 for ReFL. fp32: the decoder is not under the UNet's bf16 autocast."""
+    return (vqvae.decode(x0.float()).sample.clamp(-1, 1) + 1) / 2

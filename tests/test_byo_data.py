@@ -1,0 +1,118 @@
+"""Bring your own data: HR folders, paired real-world folders (RealSR / DRealSR / DIV2K naming), lr:
+folders, and every bad input a user is likely to hit, each a one-line error. Tiny PNGs made here."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import data
+from config import ConfigError
+
+
+def blocky(seed: int, h: int, w: int) -> np.ndarray:
+    """An HR image made of 4×4 blocks of constant colour: its exact ×4 LR is one pixel per block, so an LR
+    crop and an HR crop are aligned exactly when avg_pool(HR crop, 4) equals the LR crop."""
+    lr = np.random.default_rng(seed).integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
+    return lr.repeat(4, 0).repeat(4, 1)
+
+
+def save(path, arr: np.ndarray) -> None:
+    Image.fromarray(arr).save(path)
+
+
+def test_paired_quarter_size_crops_are_aligned(tmp_path):
+    lr_dir, hr_dir = tmp_path / "lr", tmp_path / "hr"
+    lr_dir.mkdir(), hr_dir.mkdir()
+    for i in range(2):  # DIV2K naming: 0001.png (HR) ↔ 0001x4.png (LR)
+        hr = blocky(i, 48, 64)
+        save(hr_dir / f"000{i}.png", hr)
+        save(lr_dir / f"000{i}x4.png", hr[::4, ::4])
+    pool = data.load_pool(f"paired:{lr_dir},{hr_dir}", crop=32)
+    assert isinstance(pool, data.PairedPool) and len(pool.images) == 2
+    hr, lr = pool.pairs(6, 32, torch.Generator().manual_seed(0), strength=0.9)  # strength ignored: real LR
+    assert hr.shape == (6, 3, 32, 32) and lr.shape == (6, 3, 8, 8)
+    torch.testing.assert_close(F.avg_pool2d(hr, 4), lr)  # aligned to the pixel
+    # the RM side draws HR crops with superpixels, so fgr_batch works on paired data unchanged
+    b = data.fgr_batch(pool, 2, 32, data.Difficulty(), torch.Generator().manual_seed(1))
+    assert b["gt"].shape == (2, 3, 32, 32)
+
+
+def test_realsr_one_folder_same_size_lr_is_downsampled(tmp_path):
+    # RealSR's aligned release: Canon_001_HR.png and Canon_001_LR4.png side by side, both the HR size
+    for i in range(2):
+        hr = np.random.default_rng(i).integers(0, 256, (40, 44, 3), dtype=np.uint8)
+        save(tmp_path / f"Canon_00{i}_HR.png", hr)
+        save(tmp_path / f"Canon_00{i}_LR4.png", 255 - hr)  # a different image, to see which side is which
+    pool = data.load_pool(f"paired:{tmp_path},{tmp_path}", crop=32)
+    assert len(pool.images) == 2
+    hr, lr = pool.pairs(4, 32, torch.Generator().manual_seed(0))
+    assert lr.shape == (4, 3, 8, 8)
+    # the aligned LR crop (here 1 − HR) downsampled with the project's antialiased bicubic
+    torch.testing.assert_close(lr, data.degrade(1 - hr, 0.0), atol=1e-6, rtol=0)
+
+
+def test_hr_pool_pairs_keep_the_old_random_stream(tmp_path):
+    pool = data.ImagePool([data.procedural_images(1, 48, torch.Generator().manual_seed(0))[0]], 32)
+    strength = lambda g: float(torch.rand((), generator=g))  # noqa: E731  (like sft.draw_strength)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    hr, lr = pool.pairs(3, 32, g1, lambda: strength(g1))
+    hr_old = pool.crops(3, 32, g2)  # what train_rl / sft did before: crops, then the strength, then degrade
+    lr_old = data.degrade(hr_old, strength(g2), g2)
+    assert torch.equal(hr, hr_old) and torch.equal(lr, lr_old)
+
+
+def test_unmatched_and_misscaled_pairs_are_one_error(tmp_path):
+    lr_dir, hr_dir = tmp_path / "lr", tmp_path / "hr"
+    lr_dir.mkdir(), hr_dir.mkdir()
+    save(hr_dir / "a_HR.png", blocky(0, 32, 32))
+    save(lr_dir / "a_LR4.png", blocky(0, 32, 32)[::4, ::4])  # fine
+    save(hr_dir / "b_HR.png", blocky(1, 32, 32))
+    save(lr_dir / "b_LR4.png", blocky(1, 32, 32)[::2, ::2])  # ×2, not ×4
+    save(lr_dir / "c_LR4.png", blocky(2, 8, 8))  # no HR
+    save(hr_dir / "d_HR.png", blocky(3, 32, 32))  # no LR
+    with pytest.raises(ConfigError) as e:
+        data.load_pool(f"paired:{lr_dir},{hr_dir}", crop=32)
+    msg = str(e.value)
+    assert "\n" not in msg and "3 file(s)" in msg
+    assert "b_LR4.png (LR 16x16 vs HR 32x32" in msg and "c_LR4.png (no HR)" in msg
+    assert "d_HR.png (no LR)" in msg
+
+
+def test_bad_data_specs_are_one_line_errors(tmp_path):
+    save(tmp_path / "x.png", blocky(0, 32, 32))
+    for spec, match in [
+        (f"paired:{tmp_path}", "paired:LR_DIR,HR_DIR"),
+        (f"paired:{tmp_path},{tmp_path / 'nope'}", "is not a folder"),
+        (f"lr:{tmp_path}", "has no HR images"),  # training on LR-only data
+        (f"paired:{tmp_path},{tmp_path}", "x.png \\(no _HR/_LR suffix\\)"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            data.load_pool(spec, crop=32)
+    assert data.lr_files(f"lr:{tmp_path}") == [str(tmp_path / "x.png")]
+    with pytest.raises(ConfigError, match="lr:LR_DIR"):
+        data.lr_files(str(tmp_path))
+
+
+def test_hr_folder_large_images_are_cropped_never_resized(tmp_path):
+    big = blocky(0, 96, 128)
+    for i in range(4):
+        save(tmp_path / f"{i}.png", np.roll(big, 8 * i, axis=1))
+    pool = data.load_pool(str(tmp_path), crop=32)
+    assert [tuple(im.shape) for im in pool.images] == [(3, 96, 128)] * 4  # full size, not resized
+    assert pool.segments[0].shape == (96, 128)
+    hr, lr = pool.pairs(2, 32, torch.Generator().manual_seed(0), 0.0)
+    assert hr.shape == (2, 3, 32, 32) and lr.shape == (2, 3, 8, 8)
+
+
+def test_worker_processes_decode_the_same_images(tmp_path, monkeypatch):
+    for i in range(4):
+        save(tmp_path / f"{i}.png", blocky(i, 32, 48))
+    serial = data.load_pool(str(tmp_path), crop=32)
+    monkeypatch.setattr(data, "MAX_WORKERS", 2)  # the opt-in parallel path: same images, same order
+    if (data.os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: the loader never starts workers")
+    parallel = data.load_pool(str(tmp_path), crop=32)
+    assert all(torch.equal(a, b) for a, b in zip(serial.images, parallel.images))
+    assert all(torch.equal(a, b) for a, b in zip(serial.segments, parallel.segments))
