@@ -22,6 +22,7 @@ Prints a table per preset and lines `efficiency pg cpu 0.87`, writes out_dir/ben
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -51,8 +52,8 @@ class Config:
     device: str = "auto"  # auto: the cpu preset on the CPU, the gpu preset on CUDA; else every preset there
     seed: int = 0  # data draws, rollout noise and init
     warmup: int = 1  # untimed steps per kind first (allocator, cuDNN autotune, compile); gpu preset: ≥ 2
-    repeats: int = 5  # timed RL steps per algorithm: the median is reported (cpu pg ~2 s, refl ~0.6 s)
-    naive_repeats: int = 2  # timed naive pg steps (the slowest kind; its median is the speedup's numerator)
+    repeats: int = 8  # timed RL steps per algorithm, median reported (cpu: pg ~2 s, refl ~0.6 s, ±10 % noise)
+    naive_repeats: int = 3  # timed naive pg steps (the slowest kind; its median is the speedup's numerator)
     model_repeats: int = 10  # at least this many timed bare calls per pure-model price (one per timed step)
     log: bool = True  # include the loop's per-step stats row (gold label map, PSNR, float syncs) in the step
     compile: bool = False  # torch.compile the UNet (CUDA only; compile time is spent in the warm-up steps)
@@ -203,9 +204,10 @@ def network_call(key, policy, rms, rl, dev):
 
 
 class Prices:
-    """The pure-model price of each call kind: the median of bare calls timed in rounds, one round after each
-    timed RL step. Interleaving matters on a shared machine: prices taken minutes apart from the steps they
-    price would turn a change of load into a change of "efficiency"."""
+    """The pure-model price of each call kind, from bare calls timed in rounds (one call of every kind per
+    round) around each timed RL step. A step is priced by the two rounds on either side of it, the table by
+    the median of all rounds. On a shared machine this matters: prices taken a minute away from the steps
+    they price turn a change of load into a change of "efficiency"."""
 
     def __init__(self, policy, rms, rl, dev):
         self.policy, self.rms, self.rl, self.dev = policy, rms, rl, dev
@@ -219,21 +221,29 @@ class Prices:
                 self.samples[key] = []
         self.policy.unet.zero_grad(set_to_none=True)
 
-    def round(self) -> None:
+    def round(self) -> dict:
+        """Time one call of every kind; returns this round's {key: seconds}. Each timed call follows an
+        untimed one of the same kind, as inside a step (K forwards in a row), so caches and the allocator are
+        as warm as the step has them; a cold single call overstated the price (efficiencies above 1)."""
+        out = {}
         for key, call in self.calls.items():
+            call()
             sync(self.dev)
             t0 = time.perf_counter()
             call()
             sync(self.dev)
-            self.samples[key].append(time.perf_counter() - t0)
+            out[key] = time.perf_counter() - t0
+            self.samples[key].append(out[key])
         self.policy.unet.zero_grad(set_to_none=True)  # the pure calls leave nothing behind for the RL steps
+        return out
 
     def __getitem__(self, key) -> float:
         return statistics.median(self.samples[key])
 
-    def of(self, calls) -> float:
-        """Ideal seconds of a step that made `calls`: the sum of their bare prices."""
-        return sum(self[key] for key in calls)
+    def of(self, calls, before: dict, after: dict) -> float:
+        """Ideal seconds of a step that made `calls`: the sum of their bare prices, each the mean of the
+        rounds just before and just after the step (after alone for a kind first seen in this step)."""
+        return sum((before.get(key, after[key]) + after[key]) / 2 for key in calls)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -307,8 +317,8 @@ def loop_step(step_fn, policy, ref, rms, sched, opt, pool, step, rl, dev, log: b
     t = [time.perf_counter()]
     # Data and noise of this step from (seed, step) alone, as the loop draws them (rank 0).
     g = torch.Generator().manual_seed((rl.seed * 1_000_003 + step) * 8191)
-    hr = pool.crops(rl.batch, rl.crop, g).to(dev)  # the data draw runs on the CPU, as in the loop
-    lr = data.degrade(hr, sft.draw_strength(rl, g), g)
+    hr, lr = pool.pairs(rl.batch, rl.crop, g, functools.partial(sft.draw_strength, rl, g))  # on the CPU
+    hr, lr = hr.to(dev), lr.to(dev)
     gen = torch.Generator(device=dev).manual_seed((rl.seed * 1_000_003 + step) * 131)  # the rollout noise
     sync(dev)
     t.append(time.perf_counter())
@@ -360,9 +370,10 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     prices = Prices(policy, rms, rl, dev)
 
     def run(kind, steps, timed: bool):
-        """Loop iterations at RL steps `steps` (every kind starts at step 0: the same curriculum state); a
-        timed one is followed by a pricing round. Peak memory is read after each step, before any pricing."""
+        """Loop iterations at RL steps `steps` (every kind starts at step 0: the same curriculum state). Timed
+        ones sit between pricing rounds. Peak memory is read right after each step, before any pricing."""
         out = []
+        before = prices.round() if timed else {}
         for step in steps:
             counter.calls, counter.on = [], True
             reset_peak(dev)
@@ -371,8 +382,11 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
             out.append({"phases": phases, "total": sum(phases.values()), "calls": counter.calls})
             out[-1]["peak"] = peak_memory(dev)
             if timed:
-                prices.add(counter.calls if kind != "naive_pg" else [])
-                prices.round()
+                calls = counter.calls if kind != "naive_pg" else []  # the baseline is not priced
+                prices.add(calls)
+                after = prices.round()
+                out[-1]["ideal"] = prices.of(calls, before, after)
+                before = after
         return out
 
     # 1. Warm-up of both algorithms, which also shows which network calls (shapes, grad modes) they make.
@@ -413,12 +427,15 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
             "peak_mib": max(r["peak"] for r in rows[kind]),
         }
         if kind != "naive_pg":  # the naive baseline is there for the speedup; it has no efficiency line
-            ideals = [prices.of(r["calls"]) for r in rows[kind]]
+            ideals = [r["ideal"] for r in rows[kind]]
+            ratios = [i / x for i, x in zip(ideals, times)]
             res[kind] |= {
+                "ideals_ms": [1e3 * x for x in ideals],
+                "efficiency_per_step": ratios,  # its spread is the measurement's noise
                 "ideal_ms": 1e3 * statistics.median(ideals),
                 "ideal_img_per_s": n_img / statistics.median(ideals),
                 # per-step ratios: ReFL's work varies with its random stop step, so ratio first, median after
-                "efficiency": statistics.median(i / x for i, x in zip(ideals, times)),
+                "efficiency": statistics.median(ratios),
                 "work": work_counts(rows[kind][0]["calls"]),
             }
     res["naive_pg"]["speedup"] = res["naive_pg"]["ms"] / res["pg"]["ms"]  # ours = naive time / our time
@@ -485,6 +502,8 @@ def report(r: dict) -> list[str]:
         lines.append(f"  {kind} ms by phase: {ph}")
     for kind in ("pg", "refl"):
         lines.append(f"  {kind} calls/step: " + ", ".join(f"{n} ×{c}" for n, c in r[kind]["work"].items()))
+        e = r[kind]["efficiency_per_step"]  # the spread says how far to trust the median (a shared machine)
+        lines.append(f"  {kind} efficiency per step: {min(e):.2f} … {max(e):.2f} over {len(e)} steps")
     lines += [f"efficiency {kind} {r['preset']} {r[kind]['efficiency']:.2f}" for kind in ("pg", "refl")]
     return lines
 
