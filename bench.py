@@ -1,8 +1,8 @@
 """Throughput and memory of the RL training loops against pure model compute (design.md: nanoGPT's bench.py).
 
     python bench.py                                     # the cpu rows (+ a line: the gpu rows need CUDA)
-    python bench.py --presets=gpu --device=cuda         # the gpu preset on one GPU (66M UNet, 256², bf16)
-    python bench.py --presets=gpu --compile             # + torch.compile of the UNet (GPU only)
+    python bench.py --preset=gpu --batch=4              # gpu rows: B·G = 32 fits an H200 (64 does not)
+    python bench.py --preset=gpu --batch=4 --compile    # + torch.compile of the UNet (minutes of compiling)
 
 What it measures, all in one run, for each preset (train_rl.PRESETS / train_rm.PRESETS: cpu | gpu):
 1. Pure model compute: the policy UNet forward (no grad) and forward+backward, the RM forward and forward+
@@ -51,7 +51,7 @@ class Config:
     presets: str = "cpu,gpu"  # which presets to run, comma-separated; gpu needs CUDA and is skipped without
     device: str = "auto"  # auto: the cpu preset on the CPU, the gpu preset on CUDA; else every preset there
     seed: int = 0  # data draws, rollout noise and init
-    warmup: int = 1  # untimed steps per kind first (allocator, cuDNN autotune, compile); gpu preset: ≥ 2
+    warmup: int = 1  # untimed steps per kind first (allocator, cuDNN autotune); --compile wants 2 or more
     repeats: int = 8  # timed RL steps per algorithm, median reported (cpu: pg ~2 s, refl ~0.6 s, ±10 % noise)
     naive_repeats: int = 3  # timed naive pg steps (the slowest kind; its median is the speedup's numerator)
     model_repeats: int = 10  # at least this many timed bare calls per pure-model price (one per timed step)
@@ -359,7 +359,7 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     N = len(rms) - 1
     sched = Schedule(rl.curriculum, N, rl.steps, blend=rl.blend, switch=rl.switch)
     pool = data.load_pool(rl.data, "train", rl.crop)
-    warmup = max(cfg.warmup, 2) if dev.type == "cuda" else cfg.warmup  # cuDNN autotunes each new shape
+    warmup = cfg.warmup  # one step shows every shape once: cuDNN autotunes them there (compile: use 2+)
     BG = rl.batch * rl.group
     kinds = {  # name: (step function, SR images per step, timed steps)
         "pg": (train_rl.pg_step, BG, cfg.repeats),
@@ -406,6 +406,7 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     #         + 1 no-grad RM_N forward at B (reward_final, logged)
     rows = {}
     for kind, (_, _, repeats) in kinds.items():
+        print(f"  timing {kind}: {repeats} steps, each followed by a pricing round", flush=True)
         if kind == "naive_pg":
             run(kind, range(warmup), False)  # batch-1 shapes are new: warm them up too
         rows[kind] = run(kind, range(warmup, warmup + repeats), True)
@@ -542,13 +543,26 @@ def main(cfg: Config) -> str:
             results[name] = {"skipped": line}
             continue
         print(f"benchmarking the {name} preset on {dev} ...", flush=True)
-        results[name] = bench_preset(name, dev, cfg)
+        try:
+            results[name] = bench_preset(name, dev, cfg)
+        except torch.cuda.OutOfMemoryError:
+            # One line, not a traceback, and the other presets still run. Seen: the gpu preset's own B·G = 64
+            # at 256² needs > 139 GB in the pg update (73 GB at B·G = 32), so use --batch=4 on one GPU.
+            line = f"{name} preset failed: CUDA out of memory; rerun with a smaller --batch or --group"
+            print(line, flush=True)
+            results[name] = {"failed": line}
+            torch.cuda.empty_cache()
+            continue
         print("\n".join(report(results[name])), flush=True)
+        config.write_json(
+            os.path.join(cfg.out_dir, "bench.json"), results
+        )  # after each preset: keep what ran
     config.write_json(os.path.join(cfg.out_dir, "bench.json"), results)
     return cfg.out_dir
 
 
-PRESET_FLAGS = {"cpu": {"presets": "cpu"}, "gpu": {"presets": "gpu", "device": "cuda", "warmup": 3}}
+# --preset=NAME: just that preset's rows (gpu: on CUDA, one more warm-up step for cuDNN / compile).
+PRESET_FLAGS = {"cpu": {"presets": "cpu"}, "gpu": {"presets": "gpu", "device": "cuda", "warmup": 2}}
 
 if __name__ == "__main__":
     main(config.parse(Config, presets=PRESET_FLAGS))
