@@ -126,9 +126,7 @@ def build(rl, rmc, dev, compile_unet: bool):
     rms = [make_rm(RMConfig(widths=tuple(rmc.widths), n_stages=rmc.n_stages, stage=0)).to(dev)]
     while rms[-1].stage < rmc.n_stages:
         rms.append(grow(rms[-1]))
-    rms = [freeze(r) for r in rms]
-    if rl.channels_last:  # train_rm's gpu preset trains (and so scores) in NHWC too
-        rms = [r.to(memory_format=torch.channels_last) for r in rms]
+    rms = [freeze(r) for r in rms]  # fp32, NCHW: train_rl runs the RMs without autocast or channels_last
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=rl.lr, weight_decay=0.0, fused=dev.type == "cuda")
     return policy, rms, opt
 
@@ -452,15 +450,10 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
         "threads": torch.get_num_threads(),
         "compile": bool(cfg.compile and dev.type == "cuda"),
         "shapes": {
-            "crop": rl.crop,
-            "batch": rl.batch,
-            "group": rl.group,
-            "sample_steps": K,
+            **{k: getattr(rl, k) for k in ("crop", "batch", "group", "sample_steps", "unet_layers", "amp")},
             "n_train": max(1, math.ceil(rl.train_fraction * K)),
             "unet_channels": list(rl.unet_channels),
-            "unet_layers": rl.unet_layers,
             "rm_widths": list(rmc.widths),
-            "amp": rl.amp,
             "channels_last": rl.channels_last,
         },
         "params": {"unet": n_params(policy.unet), "rm": [n_params(r) for r in rms]},
