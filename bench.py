@@ -22,7 +22,6 @@ Prints a table per preset and lines `efficiency pg cpu 0.87`, writes out_dir/ben
 """
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -36,11 +35,9 @@ import torch
 
 import config
 import data
-import sft
 import train_rl
 import train_rm
 from curriculum import Schedule
-from metrics import label_map, psnr_y
 from policy import PolicyConfig, make_policy
 from rm import RMConfig, freeze, grow, make_rm, n_params
 
@@ -289,7 +286,7 @@ def naive_update(policy, traj, lr_g, adv, step, rl):
     return total
 
 
-def naive_pg_step(policy, ref, rms, sched, step, hr, lr, rl, gen):
+def naive_pg_step(policy, ref, rms, sched, step, hr, lr, rl, gen, inner_update=None):
     """pg_step's signature and maths (the defaults: ppo_epochs 1, no KL, no supervised term), un-batched."""
     G, weights = rl.group, sched.at(step)
     lr_g = lr.repeat_interleave(G, 0)
@@ -308,40 +305,29 @@ def naive_pg_step(policy, ref, rms, sched, step, hr, lr, rl, gen):
 
 
 def loop_step(step_fn, policy, ref, rms, sched, opt, pool, step, rl, dev, log: bool) -> dict:
-    """train_rl.main's RL iteration, single process (rank 0): data draw → step → clip → stats row (gold label
-    map, PSNR) → finiteness sync → AdamW → log row. Mirrors the loop body line by line, because train_rl has
-    no function for it (the report suggests one). Returns the seconds of each phase; the device is
+    """One iteration of train_rl.main's RL loop (single process, rank 0), made of the loop's own functions:
+    train_rl.draw (data + noise) → train_rl.rl_update (zero_grad, the step, clip, the log row's gold map and
+    PSNR) → the finiteness sync → AdamW → the log row. Returns the seconds of each phase; the device is
     synchronised at phase ends only (the loop itself syncs once, at the finiteness check)."""
     t = [time.perf_counter()]
-    # Data and noise of this step from (seed, step) alone, as the loop draws them (rank 0).
-    g = torch.Generator().manual_seed((rl.seed * 1_000_003 + step) * 8191)
-    hr, lr = pool.pairs(rl.batch, rl.crop, g, functools.partial(sft.draw_strength, rl, g))  # on the CPU
-    hr, lr = hr.to(dev), lr.to(dev)
-    gen = torch.Generator(device=dev).manual_seed((rl.seed * 1_000_003 + step) * 131)  # the rollout noise
+    hr, lr, gen = train_rl.draw(pool, step, rl, 0, dev)
     sync(dev)
     t.append(time.perf_counter())
-    opt.zero_grad(set_to_none=True)
-    if step_fn is train_rl.refl_step:
-        loss, sr, stats = step_fn(policy, rms, sched, step, hr, lr, rl, gen)
-        hr_eval = hr
-    else:
-        loss, sr, stats = step_fn(policy, ref, rms, sched, step, hr, lr, rl, gen)
-        hr_eval = hr.repeat_interleave(rl.group, 0)
+    algo = "refl" if step_fn is train_rl.refl_step else "pg"
+    pg_fn = step_fn if step_fn is not train_rl.pg_step and algo == "pg" else None  # the naive baseline
+    stats = train_rl.rl_update(
+        policy, ref, rms, sched, opt, hr, lr, gen, step, dataclasses.replace(rl, algo=algo), None, pg_fn
+    )
     sync(dev)
     t.append(time.perf_counter())
-    gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), rl.grad_clip)
-    if log:  # the loop computes the gold judge and PSNR of every step's samples (the log row's numbers)
-        with torch.no_grad():
-            stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
-            stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
-    if not (torch.isfinite(loss) and torch.isfinite(gnorm)):  # the loop's one host sync per step
+    if not (torch.isfinite(stats["loss"]) and torch.isfinite(stats["grad_norm"])):  # the loop's one sync
         raise SystemExit(f"error: non-finite loss or gradient at bench step {step}; the loop would skip it")
     opt.step()
     if log:  # log_every = 1: one row per step, every number synced to the host
         json.dumps({"step": step, **{k: float(v) for k, v in stats.items()}})
     sync(dev)
     t.append(time.perf_counter())
-    return {"data": t[1] - t[0], "step_fn": t[2] - t[1], "clip_log_opt": t[3] - t[2]}
+    return {"data": t[1] - t[0], "update": t[2] - t[1], "opt_log": t[3] - t[2]}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,13 +376,15 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     # 1. Warm-up of both algorithms, which also shows which network calls (shapes, grad modes) they make.
     seen = [key for kind in ("pg", "refl") for row in run(kind, range(warmup), False) for key in row["calls"]]
     # 2. The call kinds to price: the headline four at the rollout's batch B·G, and every other one seen.
-    prices.add([("unet", BG, False), ("unet", BG, True), ("rm", N, BG, False), ("rm", N, BG, True)] + seen)
+    mb = rl.micro_batch if 0 < rl.micro_batch < BG else BG  # the update's forward+backward chunk (pg_step)
+    prices.add([("unet", BG, False), ("unet", mb, True), ("rm", N, BG, False), ("rm", N, BG, True)] + seen)
     # 3. The timed steps. Ideal step time = Σ over the calls this very step made of their bare price; what the
     # counter sees for the defaults (a reader can check it against train_rl):
     #   pg:   K no-grad UNet forwards at B·G (policy.sample)
     #         + one no-grad RM forward at B·G per stage in (the curriculum's stages ∪ {N}) (score_all: at ccl
     #           stage 0 that is RM_0, the reward, and RM_N, reward_final: 2 forwards)
-    #         + ceil(train_fraction·K)·ppo_epochs UNet forward+backward at B·G (step_logprob, backpropagated)
+    #         + ceil(train_fraction·K)·ppo_epochs UNet forward+backward at B·G (step_logprob, backpropagated;
+    #           in chunks of micro_batch samples when set: the gpu preset)
     #   refl: `stop` no-grad UNet forwards at B (stop drawn in K−refl_last … K−1)
     #         + 1 UNet forward+backward at B (the step with grad) + one RM forward+backward at B per stage
     #           the curriculum weights (the reward)

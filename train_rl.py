@@ -83,6 +83,7 @@ class Config:
     adv_clip: float = 5.0  # advantages clipped to ±5 (DDPO)
     ppo_clip: float = 1e-4  # PPO ratio clip (DDPO); active only when ppo_epochs > 1 (ratio = 1 at θ_old)
     ppo_epochs: int = 1  # updates per rollout: > 1 steps the optimiser between passes over the trajectory
+    micro_batch: int = 0  # log-prob recompute in chunks of this many samples (0 = all B·G): bounds memory
     lam_px: float = 0.5  # λ_px: weight of the map-based local penalty in the per-pixel advantage
     fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
     lam1: float = 0.5  # fused reward weights
@@ -112,6 +113,7 @@ PRESETS = {
         "steps": 2000,
         "batch": 8,
         "group": 8,
+        "micro_batch": 16,  # B·G = 64 samples: 16 per forward+backward keeps the update well inside 80 GB
         "ckpt_every": 200,
     },
 }
@@ -225,33 +227,43 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
     K = traj.logprob.shape[0]
     n_train = max(1, math.ceil(cfg.train_fraction * K))
     steps_trained = torch.randperm(K, generator=torch.Generator().manual_seed(step))[:n_train].sort().values
+    # The recompute runs in chunks of micro_batch samples (0 = all B·G at once): activation memory scales with
+    # the chunk, the gradient does not change (each chunk's mean is weighted by its share of the batch).
+    BG = lr_g.shape[0]
+    mb = cfg.micro_batch if 0 < cfg.micro_batch < BG else BG
+    work = [(k, slice(c, c + mb)) for k in steps_trained.tolist() for c in range(0, BG, mb)]
     total = torch.zeros((), device=sr.device)
     for epoch in range(cfg.ppo_epochs):
         if epoch > 0 and inner_update is not None:
             inner_update()  # θ moves: from here on the ratios differ from 1 and the clip can bind
-        for i, k in enumerate(steps_trained.tolist()):  # a loop over steps; the whole batch in each call
-            # Under torchrun only the epoch's last backward all-reduces; the others accumulate locally.
-            last = i == n_train - 1
+        # At θ_old (the first pass) the ratio is 1 in exact arithmetic; a kernel that rounds differently
+        # (bf16, another batch size) can move it by more than the tiny DDPO clip, and a clipped pixel would
+        # lose its gradient for nothing. So the first pass is the plain surrogate; later passes clip.
+        clip = cfg.ppo_clip if epoch > 0 else math.inf
+        for i, (k, c) in enumerate(work):  # loops over steps and chunks; never over single samples
+            # Under torchrun only the pass's last backward all-reduces; the others accumulate locally.
+            last = i == len(work) - 1
             with contextlib.nullcontext() if last else policy.no_sync():
-                logp = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr_g, traj.steps, traj.eta)
-                loss, ratio = ppo_loss(logp, traj.logprob[k], adv, cfg.ppo_clip)
+                x_t, x_prev, lr_c = traj.x[k][c], traj.x[k + 1][c], lr_g[c]
+                logp = policy.step_logprob(x_t, x_prev, traj.t[k], lr_c, traj.steps, traj.eta)
+                loss, ratio = ppo_loss(logp, traj.logprob[k][c], adv[c], clip)
                 if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
-                    mean, std = policy.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
+                    mean, std = policy.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)
                     with torch.no_grad():
-                        mean_ref, _ = ref.step_stats(traj.x[k], traj.t[k], lr_g, traj.steps, traj.eta)
+                        mean_ref, _ = ref.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)
                     loss = loss + cfg.beta_kl * ((mean - mean_ref) ** 2).mean() / (2 * std**2)
-                loss = loss / n_train  # the update is the mean over trained steps
+                loss = loss * (logp.shape[0] / BG) / n_train  # the update: mean over samples and steps
                 if last and cfg.lam_sft > 0:  # the supervised regulariser rides on the synchronising backward
                     loss = loss + cfg.lam_sft * policy.sft_loss(hr, lr)
-                loss.backward()  # per step: one UNet graph alive at a time
+                loss.backward()  # one UNet graph (one chunk of one step) alive at a time
             total = total + loss.detach() / cfg.ppo_epochs
-    log_ratio = logp.detach() - traj.logprob[k]  # of the last step trained: for the approx KL
+    log_ratio = logp.detach() - traj.logprob[k][c]  # of the last chunk trained: for the approx KL
     stats = {
         "reward": r.mean(),
         "reward_std": r.std(),
         "reward_final": rewards[len(rms) - 1].mean(),
         "approx_kl": 0.5 * (log_ratio**2).mean(),
-        "clip_frac": ((ratio - 1).abs() > cfg.ppo_clip).float().mean(),
+        "clip_frac": ((ratio - 1).abs() > cfg.ppo_clip).float().mean(),  # binds in passes after the first
         "flat_groups": flat.sum().float(),
         **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards},
     }
@@ -325,6 +337,36 @@ def coevolve(rms, k, policy, pool, cfg, g, dev):
 
 
 # ----------------------------------------------------------------------------------------------------
+
+
+def draw(pool, step: int, cfg, rank: int, dev):
+    """This step's (HR, LR) batch and rollout-noise generator, from (seed, rank, step) alone: every rank draws
+    different images, and --resume continues the exact streams without storing any generator state."""
+    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank)
+    hr, lr = pool.pairs(cfg.batch, cfg.crop, g, functools.partial(sft.draw_strength, cfg, g))  # on the CPU
+    gen = torch.Generator(device=dev).manual_seed((cfg.seed * 1_000_003 + step) * 131 + rank)
+    return hr.to(dev), lr.to(dev), gen
+
+
+def rl_update(
+    policy, ref, rms, sched, opt, hr, lr, gen, step: int, cfg, inner_update=None, pg_fn=None
+) -> dict:
+    """One RL iteration up to the optimiser step: zero_grad → pg_step / refl_step → gradient clip → the log
+    row's numbers (gold judge and PSNR of the samples against HR), averaged over ranks in one all-reduce so
+    every rank takes the same decisions after it (the NaN skip, a plateau switch). Returns 0-dim tensors;
+    the gradient is left in .grad. bench.py times exactly this function (pg_fn: its un-batched baseline)."""
+    opt.zero_grad(set_to_none=True)
+    if cfg.algo == "pg":
+        loss, sr, stats = (pg_fn or pg_step)(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update)
+        hr_eval = hr.repeat_interleave(cfg.group, 0)  # G samples per HR image
+    else:
+        loss, sr, stats = refl_step(policy, rms, sched, step, hr, lr, cfg, gen)
+        hr_eval = hr
+    gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
+    with torch.no_grad():
+        stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
+        stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
+    return config.mean_over_ranks(stats)
 
 
 def summary(path: str) -> dict:
@@ -423,29 +465,8 @@ def main(cfg: Config) -> str:
                 if cfg.coevolve:
                     g_co = torch.Generator().manual_seed(cfg.seed * 7919 + stage * 104729 + rank)
                     rms[stage] = config.broadcast_module(coevolve(rms, stage, policy, pool, cfg, g_co, dev))
-            # Data and noise of this step, from (seed, rank, step) alone: every rank draws different images,
-            # and --resume continues the exact streams without storing any generator state.
-            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank)
-            hr, lr = pool.pairs(cfg.batch, cfg.crop, g, functools.partial(sft.draw_strength, cfg, g))
-            hr, lr = hr.to(dev), lr.to(dev)
-            seed = (cfg.seed * 1_000_003 + step) * 131 + rank
-            gen = torch.Generator(device=dev).manual_seed(seed)  # the rollout noise
-            opt.zero_grad(set_to_none=True)
-            if cfg.algo == "pg":
-                loss, sr, stats = pg_step(
-                    policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=update
-                )
-                hr_eval = hr.repeat_interleave(cfg.group, 0)
-            else:
-                loss, sr, stats = refl_step(policy, rms, sched, step, hr, lr, cfg, gen)
-                hr_eval = hr
-            gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
-            # The log row's numbers, averaged over ranks in one all-reduce, so every rank takes the same
-            # decisions below (skip, plateau switch) and rank 0 logs the whole effective batch.
-            with torch.no_grad():
-                stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
-                stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
-            stats = config.mean_over_ranks(stats)
+            hr, lr, gen = draw(pool, step, cfg, rank, dev)
+            stats = rl_update(policy, ref, rms, sched, opt, hr, lr, gen, step, cfg, update)
             # The one host sync of the step: is it finite? (and the numbers of the log row)
             if not (torch.isfinite(stats["loss"]) and torch.isfinite(stats["grad_norm"])):
                 nan_streak += 1

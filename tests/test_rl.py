@@ -220,3 +220,20 @@ def test_bf16_channels_last_run_keeps_fp32_logprobs(tmp_path, rm_dir, sft_dir):
     assert len(rows) == 2 and all(r["approx_kl"] < 1e-6 and r["clip_frac"] == 0 for r in rows)
     with pytest.raises(SystemExit, match="--amp=fp16 unknown"):
         train_rl.main(dataclasses.replace(cfg, amp="fp16"))
+
+
+def test_micro_batch_recompute_gives_the_same_gradient(tiny):
+    # Chunking the log-prob recompute (the gpu preset's memory bound) must not change the update.
+    policy, rms = tiny
+    base = {k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__}
+    lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)  # B·G = 4 samples
+    sched = train_rl.Schedule("none", 3, 2)
+    grads = {}
+    for mb in (0, 1, 3):  # whole batch, one sample per chunk, uneven chunks (3 + 1)
+        policy.zero_grad()
+        cfg = train_rl.Config(**{**base, "batch": 2, "micro_batch": mb})
+        train_rl.pg_step(policy, None, rms, sched, 0, hr, lr, cfg, torch.Generator().manual_seed(3))
+        grads[mb] = torch.cat([p.grad.flatten() for p in policy.unet.parameters()])
+    assert grads[0].abs().sum() > 0
+    for mb in (1, 3):
+        assert torch.allclose(grads[mb], grads[0], rtol=1e-4, atol=1e-6 * grads[0].abs().max())
