@@ -396,6 +396,9 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
         if kind == "naive_pg":
             run(kind, range(warmup), False)  # batch-1 shapes are new: warm them up too
         rows[kind] = run(kind, range(warmup, warmup + repeats), True)
+        med = statistics.median(r["total"] for r in rows[kind])  # printed now: a cut-off run still says this
+        peak = max(r["peak"] for r in rows[kind])
+        print(f"  {kind}: {1e3 * med:.1f} ms/step, peak {peak:.0f} MiB", flush=True)
     while min(len(v) for v in prices.samples.values()) < cfg.model_repeats:
         prices.round()  # top up to --model_repeats samples per price
     res = {}
