@@ -5,6 +5,7 @@
     python train_rl.py --algo=refl                      # the paper's ReFL instead of policy gradient
     python train_rl.py --curriculum=none                # ablations: none (RM_N from step 0) | global (RM_0)
     python train_rl.py --device=cuda --preset=gpu       # a real run on one GPU
+    torchrun --standalone --nproc_per_node=8 train_rl.py --preset=gpu    # 8 GPUs (DDP; effective batch ×8)
     python train_rl.py --resume                         # continue an interrupted run (Ctrl-C saves first)
 
 The loop, in the order it runs (method.md §4–5; kvablack/ddpo-pytorch is the model for its shape):

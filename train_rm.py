@@ -3,6 +3,7 @@
     python train_rm.py                                  # CPU defaults, built-in photos, ~3 minutes
     python train_rm.py --policy=out/rl/policy_sft       # + the SFT policy's own samples in the SR zoo
     python train_rm.py --device=cuda --preset=gpu       # a real run on one GPU
+    torchrun --standalone --nproc_per_node=8 train_rm.py --preset=gpu    # 8 GPUs (DDP; effective batch ×8)
     python train_rm.py --resume                         # continue an interrupted run in --out_dir
 
 What happens (method.md §2, §3, §5):
