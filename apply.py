@@ -155,7 +155,7 @@ def score(cfg, paths: list) -> list:
     out, used = [], set()
     for p, img in read_images(paths):
         if up is not None:
-            img = up(img.to(dev))
+            img = up(img.to(dev)).cpu()  # back on the CPU, where the map below comes back too
             save_png(img[0], _out_path(cfg.out_dir, p, "_x4", used))
         # A tiled image's score is the blend-weighted mean of its tiles' scores (a whole-image S otherwise).
         sm = tiled(fn, img.to(dev), cfg.tile or SCORE_TILE, rm.stride, 1, cfg.tile_batch, MIN_SCORE)[0].cpu()

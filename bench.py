@@ -1,8 +1,8 @@
 """Throughput and memory of the RL training loops against pure model compute (design.md: nanoGPT's bench.py).
 
     python bench.py                                     # the cpu rows (+ a line: the gpu rows need CUDA)
-    python bench.py --preset=gpu --batch=4              # gpu rows: B·G = 32 fits an H200 (64 does not)
-    python bench.py --preset=gpu --batch=4 --compile    # + torch.compile of the UNet (minutes of compiling)
+    python bench.py --presets=gpu --device=cuda         # gpu rows (B·G = 64, log-probs in chunks of 16)
+    python bench.py --presets=gpu --compile             # + torch.compile of the UNet (minutes of compiling)
 
 What it measures, all in one run, for each preset (train_rl.PRESETS / train_rm.PRESETS: cpu | gpu):
 1. Pure model compute: the policy UNet forward (no grad) and forward+backward, the RM forward and forward+
@@ -316,7 +316,7 @@ def loop_step(step_fn, policy, ref, rms, sched, opt, pool, step, rl, dev, log: b
     algo = "refl" if step_fn is train_rl.refl_step else "pg"
     pg_fn = step_fn if step_fn is not train_rl.pg_step and algo == "pg" else None  # the naive baseline
     stats = train_rl.rl_update(
-        policy, ref, rms, sched, opt, hr, lr, gen, step, dataclasses.replace(rl, algo=algo), None, pg_fn
+        policy, ref, rms, sched, opt, hr, lr, gen, step, dataclasses.replace(rl, algo=algo), None, pg_fn, log
     )
     sync(dev)
     t.append(time.perf_counter())
@@ -336,7 +336,7 @@ def loop_step(step_fn, policy, ref, rms, sched, opt, pool, step, rl, dev, log: b
 
 def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     rl, rmc = preset_configs(name, cfg)
-    config.fast_math(dev)  # TF32 + cuDNN autotune on CUDA, as train_rl sets it
+    config.fast_math(dev, rl.tf32)  # TF32 + cuDNN autotune on CUDA when the preset asks, as train_rl does
     torch.manual_seed(cfg.seed)
     policy, rms, opt = build(rl, rmc, dev, cfg.compile and dev.type == "cuda")
     counter = CallCounter(policy, rms)
@@ -530,8 +530,8 @@ def main(cfg: Config) -> str:
         try:
             results[name] = bench_preset(name, dev, cfg)
         except torch.cuda.OutOfMemoryError:
-            # One line, not a traceback, and the other presets still run. Seen: the gpu preset's own B·G = 64
-            # at 256² needs > 139 GB in the pg update (73 GB at B·G = 32), so use --batch=4 on one GPU.
+            # One line, not a traceback, and the other presets still run. Seen before --micro_batch existed:
+            # B·G = 64 at 256² in one recompute call needed > 139 GB (73 GB at B·G = 32).
             line = f"{name} preset failed: CUDA out of memory; rerun with a smaller --batch or --group"
             print(line, flush=True)
             results[name] = {"failed": line}

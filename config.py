@@ -110,10 +110,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def fast_math(dev: torch.device) -> None:
+def fast_math(dev: torch.device, on: bool = True) -> None:
     """TF32 matmuls and convolutions on NVIDIA GPUs (~10-bit mantissa in the products, fp32 accumulate):
-    several times the fp32 throughput for no visible change in these losses. No effect on CPU."""
-    if dev.type == "cuda":
+    several times the fp32 throughput for no visible change in these losses. No effect on CPU, or when off
+    (--tf32 is a gpu-preset knob: these switches are process-wide, e.g. for evaluate.py's later metrics)."""
+    if dev.type == "cuda" and on:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # fixed shapes in the loops: let cuDNN pick its fastest kernels
@@ -233,12 +234,11 @@ def setup(device: str = "auto") -> torch.device:
 
 
 def ddp(module: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
-    """Wrap for gradient averaging across ranks (unchanged module in a single-process run). The networks
-    here have no buffers that change in training (GroupNorm, no BatchNorm), so none are broadcast."""
+    """Wrap for gradient averaging across ranks (unchanged module in a single-process run)."""
     if world() == 1:
         return module
     ids = [dev.index] if dev.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
 def mean_over_ranks(values: dict) -> dict:

@@ -94,7 +94,7 @@ def _load(cls, path: str, sub: str):
 
 def load_ldm(path: str, meta: dict | None = None):
     """A latent Policy from an LDM SR pipeline directory (ours with policy.json, or a bare diffusers one)."""
-    from policy import Policy, PolicyConfig  # here: policy.py imports this module lazily, not the reverse
+    from policy import Policy, PolicyConfig  # here, lazily: policy.py imports this module at its top
 
     unet, vqvae = _load(UNet2DModel, path, "unet"), _load(VQModel, path, "vqvae")
     check_pair(unet, vqvae, path)

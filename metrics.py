@@ -125,6 +125,8 @@ def set_phi(phi, norm: float | None = None) -> None:
     PHI = phi
     if norm is not None:
         NORM = float(norm)
+    elif phi is None:  # back to the default φ: back to its calibrated constant too
+        NORM = DEFAULT_NORM
 
 
 def feature_distance(x: torch.Tensor, ref: torch.Tensor, phi: nn.Module | None = None) -> torch.Tensor:
@@ -137,9 +139,13 @@ def feature_distance(x: torch.Tensor, ref: torch.Tensor, phi: nn.Module | None =
     """
     phi = phi if phi is not None else PHI
     if phi is not None:
-        fx, fr = phi(x), phi(ref)
+        # φ may live on another device than the images (a GPU network labelling CPU-made triplets): run it
+        # where its weights are, and return the map where the images are.
+        p = next(iter(phi.parameters()), None) if isinstance(phi, nn.Module) else None
+        on = p.device if p is not None else x.device
+        fx, fr = phi(x.to(on)), phi(ref.to(on))
         d = 1 - F.cosine_similarity(fx, fr, dim=1, eps=1e-6).unsqueeze(1)  # (B, 1, h, w) in [0, 2]
-        d = (d / 2).clamp(0, 1)
+        d = (d / 2).clamp(0, 1).to(x.device)
         return F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
     a, b = texture_energy(x), texture_energy(ref)
     return ((a - b) ** 2 / (a**2 + b**2 + ENERGY_C)).mean(1, keepdim=True)
@@ -152,6 +158,7 @@ def feature_distance(x: torch.Tensor, ref: torch.Tensor, phi: nn.Module | None =
 # per-pixel value over all of them (0.34), so strong artifacts approach 1 while a bicubic ×4 upsample
 # averages ~0.25 and sensor-level noise (σ = 2/255) ~0.02.
 NORM = 0.34
+DEFAULT_NORM = NORM  # what set_phi(None) restores
 ALPHA = 0.5  # α: weight of the pixel term; the paper's ablation says pixel + feature beats pixel alone
 SMOOTH = 3  # the raw map is averaged over 3×3 pixels: "per location", so single-pixel noise stays small
 

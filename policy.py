@@ -106,6 +106,13 @@ class Policy(nn.Module):
         # Mixed precision of the UNet alone (train_rl --amp=bf16); None = fp32. Not saved with the policy.
         self.amp = None
 
+    def train(self, mode: bool = True) -> "Policy":
+        """nn.Module.train, except that a frozen VQ autoencoder stays in eval mode (it never trains)."""
+        super().train(mode)
+        if self.vqvae is not None:
+            self.vqvae.eval()
+        return self
+
     def speed(self, amp=None, channels_last: bool = False) -> "Policy":
         """Speed settings of a training run (not saved): bf16 autocast of the UNet (amp=torch.bfloat16) and
         the NHWC memory format, which tensor-core convolutions prefer. Returns self."""
@@ -281,7 +288,7 @@ class Policy(nn.Module):
             if return_traj:
                 logprobs.append(self._gaussian_logprob(x, mean, std))
                 xs.append(x)
-        # x is x_0, a sample of the scaled residual; decode adds it back onto the bicubic base.
+        # x is x_0 in policy space (the scaled residual, or a VQ latent); decode turns it into the SR image.
         sr = self.decode(x, lr)
         if not return_traj:
             return sr

@@ -64,7 +64,9 @@ def train_sft(cfg, pool, dev, log):
     """Return the SFT policy: out_dir/policy_sft if it exists, else train it (resumable) and save it there."""
     path = os.path.join(cfg.out_dir, "policy_sft")
     if os.path.isfile(os.path.join(path, "policy.json")):
-        print(f"reusing the cached SFT policy {path}") if config.is_main() else None
+        if config.is_main():
+            extra = f" (not --init_policy={cfg.init_policy}: delete it to redo)" if cfg.init_policy else ""
+            print(f"reusing the cached SFT policy {path}{extra}")
         return load_policy(path, dev)
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.init_policy:  # fine-tune given weights (e.g. a pretrained latent-diffusion SR model)
@@ -82,6 +84,8 @@ def train_sft(cfg, pool, dev, log):
         policy = make_policy(pcfg)
     policy = policy.to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
     policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
+    # The global RNG (sft_loss's timesteps and noise) differs per rank: same weights, different draws.
+    torch.manual_seed(cfg.seed * 1_000_003 + 3 + config.rank())
     # fused AdamW: one kernel for the whole update on CUDA (the CPU path has no fused variant worth using)
     opt = torch.optim.AdamW(
         policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4, fused=dev.type == "cuda"

@@ -71,6 +71,7 @@ class Config:
     # --- speed (the gpu preset turns these on; bench.py measures them)
     amp: str = "fp32"  # fp32 | bf16: autocast of the networks; log-probs and losses stay fp32
     channels_last: bool = False  # NHWC memory format for the UNet: faster convolutions on tensor cores
+    tf32: bool = False  # CUDA: TF32 matmuls/convolutions and cuDNN autotuning (process-wide once set)
     # --- RL
     steps: int = 100  # RL optimiser steps (~2 s each on 2 CPU cores with the defaults below)
     batch: int = 2  # LR images per step
@@ -109,6 +110,7 @@ PRESETS = {
         "unet_layers": 2,
         "amp": "bf16",
         "channels_last": True,
+        "tf32": True,
         "sft_steps": 20000,
         "sft_batch": 32,
         "steps": 2000,
@@ -189,11 +191,13 @@ def pixel_advantages(r, M, G, lam_px, clip, size):
     """A_i(p) = clip(A_i + λ_px · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W).
 
     `size` is the log-prob's: the image size in pixel space; in latent space (an LDM policy) 1/4 of it, where
-    the antialiased resize averages the map over each latent pixel's 4×4 image patch (identity at 1:1)."""
+    the map is averaged over each latent pixel's 4×4 image patch (an exact patch mean; identity at 1:1)."""
     A = group_advantages(r, G, clip).view(-1, 1, 1, 1)
     if M is None or lam_px == 0:
         return A.expand(-1, 1, *size)
-    D = F.interpolate(local_penalty(M, G), size=size, mode="bilinear", align_corners=False, antialias=True)
+    D = local_penalty(M, G)
+    if D.shape[-2:] != tuple(size):
+        D = F.adaptive_avg_pool2d(D, size)
     return (A + lam_px * D).clamp(-clip, clip)
 
 
@@ -211,6 +215,8 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
     The gradient of the last PPO epoch is left in .grad for the caller's optimiser step; with ppo_epochs > 1
     `inner_update()` (clip + optimiser step + zero_grad) runs between epochs, so later epochs see θ ≠ θ_old
     and the per-pixel clip acts — one rollout, several updates (PPO)."""
+    if cfg.ppo_epochs > 1 and inner_update is None:  # the passes would pile up in .grad: a doubled step
+        raise ValueError("pg_step: ppo_epochs > 1 needs inner_update (the optimiser step between passes)")
     G, weights = cfg.group, sched.at(step)
     lr_g = lr.repeat_interleave(G, 0)  # G samples per LR image: same LR, different noise
     sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)  # rollout, no grad
@@ -349,13 +355,12 @@ def draw(pool, step: int, cfg, rank: int, dev):
     return hr.to(dev), lr.to(dev), gen
 
 
-def rl_update(
-    policy, ref, rms, sched, opt, hr, lr, gen, step: int, cfg, inner_update=None, pg_fn=None
-) -> dict:
-    """One RL iteration up to the optimiser step: zero_grad → pg_step / refl_step → gradient clip → the log
-    row's numbers (gold judge and PSNR of the samples against HR), averaged over ranks in one all-reduce so
-    every rank takes the same decisions after it (the NaN skip, a plateau switch). Returns 0-dim tensors;
-    the gradient is left in .grad. bench.py times exactly this function (pg_fn: its un-batched baseline)."""
+def rl_update(policy, ref, rms, sched, opt, hr, lr, gen, step, cfg, inner_update=None, pg_fn=None, log=True):
+    """One RL iteration up to the optimiser step: zero_grad → pg_step / refl_step → gradient clip → the
+    step's numbers (with `log`, also the gold judge and PSNR of the samples against HR, a label-map forward
+    each), averaged over ranks in one all-reduce so every rank takes the same decisions after it (the NaN
+    skip, a plateau switch). Returns 0-dim tensors; the gradient is left in .grad. bench.py times exactly
+    this function (pg_fn: its un-batched baseline)."""
     opt.zero_grad(set_to_none=True)
     if cfg.algo == "pg":
         loss, sr, stats = (pg_fn or pg_step)(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update)
@@ -364,9 +369,10 @@ def rl_update(
         loss, sr, stats = refl_step(policy, rms, sched, step, hr, lr, cfg, gen)
         hr_eval = hr
     gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
-    with torch.no_grad():
-        stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
-        stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
+    stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
+    if log:  # only on logged steps: with a network φ the gold map is a full forward
+        with torch.no_grad():
+            stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
     return config.mean_over_ranks(stats)
 
 
@@ -374,7 +380,9 @@ def summary(path: str) -> dict:
     """Mean reward_final, gold and PSNR over the first and the last 10 % of a run's RL rows: did RL raise the
     final-stage reward, and did the gold judge agree (method.md: hacking = proxy up, gold not)?"""
     with open(path) as f:
-        rows = [r for r in map(json.loads, f) if r.get("phase") == "rl"]
+        rows = [r for r in map(json.loads, f) if r.get("phase") == "rl" and "gold" in r]
+    if not rows:
+        return {}
     n = max(1, len(rows) // 10)
     return {
         key: (sum(r[key] for r in rows[:n]) / n, sum(r[key] for r in rows[-n:]) / n)
@@ -385,9 +393,11 @@ def summary(path: str) -> dict:
 def main(cfg: Config) -> str:
     if cfg.algo not in ("pg", "refl"):
         raise config.ConfigError(f"--algo={cfg.algo} unknown; use pg or refl")
+    if cfg.ppo_epochs < 1 or cfg.micro_batch < 0:
+        raise config.ConfigError("--ppo_epochs must be ≥ 1 and --micro_batch ≥ 0 (0 = the whole batch)")
     dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
     config.amp_dtype(cfg.amp)  # validate the flag before any work
-    config.fast_math(dev)
+    config.fast_math(dev, cfg.tf32)
     main_rank, rank = config.is_main(), config.rank()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     if main_rank:
@@ -413,8 +423,12 @@ def main(cfg: Config) -> str:
     # loaded only when it is used.
     start_dir = cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft")
     ref = freeze(load_policy(start_dir, dev)) if cfg.beta_kl > 0 else None
+    if ref is not None:  # the same precision as the policy, or rounding alone would read as KL
+        ref.speed(config.amp_dtype(cfg.amp), cfg.channels_last)
     policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
     policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
+    # The global RNG (sft_loss's timesteps and noise: ReFL's regulariser, pg's lam_sft) differs per rank.
+    torch.manual_seed(cfg.seed * 1_000_003 + 7 + rank)
 
     sched = Schedule(cfg.curriculum, N, cfg.steps, blend=cfg.blend, switch=cfg.switch)
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
@@ -463,12 +477,15 @@ def main(cfg: Config) -> str:
             if step > 0 and stage != sched.stage_at(step - 1):  # a curriculum switch: checkpoint first
                 if main_rank:
                     save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
-                if cfg.coevolve:
-                    g_co = torch.Generator().manual_seed(cfg.seed * 7919 + stage * 104729 + rank)
-                    rms[stage] = config.broadcast_module(coevolve(rms, stage, policy, pool, cfg, g_co, dev))
+                if cfg.coevolve:  # rank 0 refreshes RM_k (no collectives inside), then every rank gets it
+                    if main_rank:
+                        g_co = torch.Generator().manual_seed(cfg.seed * 7919 + stage * 104729)
+                        rms[stage] = coevolve(rms, stage, policy, pool, cfg, g_co, dev)
+                    rms[stage] = config.broadcast_module(rms[stage])
             hr, lr, gen = draw(pool, step, cfg, rank, dev)
-            stats = rl_update(policy, ref, rms, sched, opt, hr, lr, gen, step, cfg, update)
-            # The one host sync of the step: is it finite? (and the numbers of the log row)
+            logged = step % cfg.log_every == 0 or step == cfg.steps - 1
+            stats = rl_update(policy, ref, rms, sched, opt, hr, lr, gen, step, cfg, update, log=logged)
+            # The host sync of the step (plus one per extra PPO pass): is it finite? (and the log row)
             if not (torch.isfinite(stats["loss"]) and torch.isfinite(stats["grad_norm"])):
                 nan_streak += 1
                 warnings.warn(f"step {step}: non-finite loss or gradient, update skipped", stacklevel=1)
@@ -479,7 +496,7 @@ def main(cfg: Config) -> str:
             opt.step()
             if cfg.switch == "plateau":
                 sched.update(step, float(stats["reward"]))
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            if logged:
                 w = sched.at(step)
                 row = {
                     "step": step,
@@ -508,14 +525,15 @@ def main(cfg: Config) -> str:
         save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{sched.stage_at(cfg.steps - 1)}"))
         save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))
         save_state(cfg.steps)
-        if cfg.steps > start:
-            s = summary(os.path.join(cfg.out_dir, "metrics.jsonl"))
+        s = summary(os.path.join(cfg.out_dir, "metrics.jsonl"))
+        if s and cfg.steps > start:
             print(
                 "first → last 10 % of RL steps:  "
                 + "  ".join(f"{k} {a:.3f} → {b:.3f}" for k, (a, b) in s.items())
                 + "  (gold: lower is better)"
             )
     config.barrier()  # nobody leaves before rank 0 has written the final checkpoints
+    config.teardown()
     return cfg.out_dir
 
 

@@ -64,6 +64,7 @@ class Config:
     log_every: int = 10  # steps between metrics.jsonl rows (a host sync each)
     amp: str = "fp32"  # fp32 | bf16: autocast of the RM forward (the losses reduce in fp32)
     channels_last: bool = False  # NHWC memory format: faster convolutions on tensor cores
+    tf32: bool = False  # CUDA: TF32 matmuls/convolutions and cuDNN autotuning (process-wide once set)
 
 
 PRESETS = {
@@ -77,6 +78,7 @@ PRESETS = {
         "val_n": 256,
         "amp": "bf16",
         "channels_last": True,
+        "tf32": True,
     },
 }
 
@@ -195,7 +197,7 @@ def main(cfg: Config) -> str:
     dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
     main_rank, rank = config.is_main(), config.rank()
     amp = config.amp_dtype(cfg.amp)
-    config.fast_math(dev)
+    config.fast_math(dev, cfg.tf32)
     if len(cfg.stage_steps) != cfg.n_stages + 1:
         raise config.ConfigError(f"--stage_steps needs {cfg.n_stages + 1} numbers (RM_0 … RM_{cfg.n_stages})")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -298,6 +300,7 @@ def main(cfg: Config) -> str:
         print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
         config.barrier()
     log.close()
+    config.teardown()
     return cfg.out_dir
 
 

@@ -57,3 +57,10 @@ def test_set_phi_rejects_a_wrong_wrapper_in_one_line(reset_phi):
     with pytest.raises(TypeError, match="callable"):
         metrics.set_phi("dinov2")  # a name is never resolved into code
     assert metrics.PHI is None
+
+
+def test_set_phi_none_restores_the_default_norm(reset_phi):
+    metrics.set_phi(TinyPhi(), norm=0.9)
+    assert metrics.NORM == 0.9
+    metrics.set_phi(None)  # back to the texture-energy φ and its calibrated constant
+    assert metrics.PHI is None and metrics.NORM == metrics.DEFAULT_NORM == 0.34

@@ -1,4 +1,4 @@
-"""torchrun DDP: train_rm.py and train_rl.py (SFT + RL, both algorithms) run unchanged on 2 CPU processes
+"""torchrun DDP: train_rm.py and train_rl.py (SFT + policy-gradient RL) run unchanged on 2 CPU processes
 (gloo). The suite's one subprocess test (design.md): torchrun must launch real separate processes."""
 
 import json

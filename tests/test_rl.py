@@ -237,3 +237,14 @@ def test_micro_batch_recompute_gives_the_same_gradient(tiny):
     assert grads[0].abs().sum() > 0
     for mb in (1, 3):
         assert torch.allclose(grads[mb], grads[0], rtol=1e-4, atol=1e-6 * grads[0].abs().max())
+
+
+def test_bad_ppo_settings_are_clear_errors(tiny, tmp_path):
+    policy, rms = tiny
+    base = {k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__}
+    cfg = train_rl.Config(**{**base, "ppo_epochs": 2})
+    lr, hr, sched = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32), train_rl.Schedule("none", 3, 2)
+    with pytest.raises(ValueError, match="needs inner_update"):  # passes would pile up into a doubled step
+        train_rl.pg_step(policy, None, rms, sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
+    with pytest.raises(SystemExit, match="--ppo_epochs must be"):
+        train_rl.main(train_rl.Config(**{**base, "ppo_epochs": 0, "out_dir": str(tmp_path)}))
