@@ -107,6 +107,12 @@ def texture_energy(x: torch.Tensor) -> torch.Tensor:
 PHI: nn.Module | None = None  # the user's φ, set with set_phi; None = texture energy
 
 
+def _device_of(phi, default):
+    """Where φ's weights live (a plain callable has none: `default`)."""
+    p = next(iter(phi.parameters()), None) if isinstance(phi, nn.Module) else None
+    return p.device if p is not None else default
+
+
 def set_phi(phi, norm: float | None = None) -> None:
     """Make `phi` (images (B, 3, H, W) in [0, 1] -> features (B, C, h, w)) the label function's φ everywhere:
     FGR labels, the gold judge, coevolution. phi=None restores the default. Checked once on a tiny input so a
@@ -115,8 +121,7 @@ def set_phi(phi, norm: float | None = None) -> None:
     if phi is not None:
         if not callable(phi):
             raise TypeError(f"set_phi: phi must be a callable or nn.Module, got {type(phi).__name__}")
-        p = next(iter(phi.parameters()), None) if isinstance(phi, nn.Module) else None
-        probe = torch.rand(1, 3, 64, 64, device=p.device if p is not None else "cpu")
+        probe = torch.rand(1, 3, 64, 64, device=_device_of(phi, "cpu"))
         with torch.no_grad():
             out = phi(probe)
         if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != 1:
@@ -141,8 +146,7 @@ def feature_distance(x: torch.Tensor, ref: torch.Tensor, phi: nn.Module | None =
     if phi is not None:
         # φ may live on another device than the images (a GPU network labelling CPU-made triplets): run it
         # where its weights are, and return the map where the images are.
-        p = next(iter(phi.parameters()), None) if isinstance(phi, nn.Module) else None
-        on = p.device if p is not None else x.device
+        on = _device_of(phi, x.device)
         fx, fr = phi(x.to(on)), phi(ref.to(on))
         d = 1 - F.cosine_similarity(fx, fr, dim=1, eps=1e-6).unsqueeze(1)  # (B, 1, h, w) in [0, 2]
         d = (d / 2).clamp(0, 1).to(x.device)

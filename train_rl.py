@@ -456,12 +456,11 @@ def main(cfg: Config) -> str:
             )
 
     def update():
-        """Clip, then step — unless the gradient is not finite. Returns the (pre-clip) gradient norm."""
+        """Between PPO passes: clip, then step — unless the gradient is not finite — and clear it."""
         gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
         if torch.isfinite(gnorm):  # a host sync; the gradient is all-reduced, so every rank agrees
             opt.step()
         opt.zero_grad(set_to_none=True)
-        return gnorm
 
     bar = tqdm(
         range(start, cfg.steps),
