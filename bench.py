@@ -39,6 +39,7 @@ import train_rl
 import train_rm
 from curriculum import Schedule
 from policy import PolicyConfig, make_policy
+from rewards import make_source
 from rm import RMConfig, freeze, grow, make_rm, n_params
 
 
@@ -245,7 +246,7 @@ class Prices:
 # The naive baseline: the same pg step, one sample at a time
 
 
-def naive_rollout(policy, rms, lr_g, need, rl, gen):
+def naive_rollout(policy, source, lr_g, hr_g, need, rl, gen, step):
     """The rollout (and its scoring) sample by sample, batch 1: what a first implementation writes when it
     thinks of "for each sample: sample it, score it". Returns what pg_step gets from its batched calls."""
     srs, trajs, scored = [], [], []
@@ -253,7 +254,7 @@ def naive_rollout(policy, rms, lr_g, need, rl, gen):
         sr_i, traj_i = policy.sample(lr_g[i : i + 1], rl.sample_steps, rl.eta, gen, return_traj=True)
         srs.append(sr_i)
         trajs.append(traj_i)
-        scored.append(train_rl.score_all(rms, sr_i, rl, need))
+        scored.append(train_rl.score_all(source, sr_i, hr_g[i : i + 1], step, need))
     traj = dataclasses.replace(
         trajs[0],
         x=torch.cat([tr.x for tr in trajs], 1),  # (K+1, B·G, C, H, W): samples are dim 1
@@ -268,12 +269,13 @@ def naive_update(policy, traj, lr_g, adv, step, rl):
     """The log-prob recompute and backward sample by sample. ppo_loss is a mean over all pixels and every
     sample has as many, so the batch loss is the average of the per-sample losses: dividing each by B·G (and
     by n_train, as pg_step does) gives the same gradient as pg_step's batched calls."""
-    K, n = traj.logprob.shape[0], lr_g.shape[0]
-    n_train = max(1, math.ceil(rl.train_fraction * K))
+    n = lr_g.shape[0]
     # The very draw pg_step makes, so both train the same timesteps (the test compares their gradients).
-    steps_trained = torch.randperm(K, generator=torch.Generator().manual_seed(step))[:n_train].sort().values
+    g = config.generator("rl/steps", rl.seed, step)
+    steps_trained = train_rl.trained_steps(traj.std, rl.sigma_min, rl.train_fraction, g)
+    n_train = len(steps_trained)
     total = torch.zeros((), device=lr_g.device)
-    for k in steps_trained.tolist():
+    for k in steps_trained:
         for i in range(n):
             sl = slice(i, i + 1)
             logp = policy.step_logprob(
@@ -286,25 +288,26 @@ def naive_update(policy, traj, lr_g, adv, step, rl):
     return total
 
 
-def naive_pg_step(policy, ref, rms, sched, step, hr, lr, rl, gen, inner_update=None):
+def naive_pg_step(policy, ref, source, sched, step, hr, lr, rl, gen, inner_update=None, probe=False):
     """pg_step's signature and maths (the defaults: ppo_epochs 1, no KL, no supervised term), un-batched."""
     G, weights = rl.group, sched.at(step)
-    lr_g = lr.repeat_interleave(G, 0)
-    need = {s for s, _ in weights} | {len(rms) - 1}
-    sr, traj, rewards, maps = naive_rollout(policy, rms, lr_g, need, rl, gen)
+    lr_g, hr_g = lr.repeat_interleave(G, 0), hr.repeat_interleave(G, 0)
+    need = {s for s, _ in weights}
+    sr, traj, rewards, maps = naive_rollout(policy, source, lr_g, hr_g, need, rl, gen, step)
     r = sum(w * rewards[s] for s, w in weights)  # the reward and advantage algebra is pg_step's, batched
     with_map = [(s, w) for s, w in weights if maps[s] is not None]
-    M = sum(w * maps[s] for s, w in with_map) if with_map else None
-    adv = train_rl.pixel_advantages(r, M, G, rl.lam_px, rl.adv_clip, sr.shape[-2:]).detach()
+    w_map = sum(w for _, w in with_map)
+    M = sum(w * maps[s] for s, w in with_map) / w_map if with_map else None
+    adv = train_rl.pixel_advantages(r, M, w_map, G, rl.lam_px, rl.adv_clip, sr.shape[-2:]).detach()
     loss = naive_update(policy, traj, lr_g, adv, step, rl)
-    return loss, sr, {"reward": r.mean(), "reward_final": rewards[len(rms) - 1].mean()}
+    return loss, sr, {"reward": r.mean()}
 
 
 # ----------------------------------------------------------------------------------------------------
 # One iteration of train_rl.main's loop body, timed by phase
 
 
-def loop_step(step_fn, policy, ref, rms, sched, opt, pool, step, rl, dev, log: bool) -> dict:
+def loop_step(step_fn, policy, ref, source, rms, sched, opt, pool, step, rl, dev, log: bool) -> dict:
     """One iteration of train_rl.main's RL loop (single process, rank 0), made of the loop's own functions:
     train_rl.draw (data + noise) → train_rl.rl_update (zero_grad, the step, clip, the log row's gold map and
     PSNR) → the finiteness sync → AdamW → the log row. Returns the seconds of each phase; the device is
@@ -316,7 +319,20 @@ def loop_step(step_fn, policy, ref, rms, sched, opt, pool, step, rl, dev, log: b
     algo = "refl" if step_fn is train_rl.refl_step else "pg"
     pg_fn = step_fn if step_fn is not train_rl.pg_step and algo == "pg" else None  # the naive baseline
     stats = train_rl.rl_update(
-        policy, ref, rms, sched, opt, hr, lr, gen, step, dataclasses.replace(rl, algo=algo), None, pg_fn, log
+        policy,
+        ref,
+        source,
+        rms,
+        sched,
+        opt,
+        hr,
+        lr,
+        gen,
+        step,
+        dataclasses.replace(rl, algo=algo),
+        None,
+        pg_fn,
+        log,
     )
     sync(dev)
     t.append(time.perf_counter())
@@ -340,6 +356,7 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     policy, rms, opt = build(rl, rmc, dev, cfg.compile and dev.type == "cuda")
     counter = CallCounter(policy, rms)
+    source = make_source("rm", rms, rl)  # after the counter wraps the RMs, so their calls are counted
     N = len(rms) - 1
     sched = Schedule(rl.curriculum, N, rl.steps, blend=rl.blend, switch=rl.switch)
     pool = data.load_pool(rl.data, "train", rl.crop)
@@ -361,7 +378,9 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
         for step in steps:
             counter.calls, counter.on = [], True
             reset_peak(dev)
-            phases = loop_step(kinds[kind][0], policy, None, rms, sched, opt, pool, step, rl, dev, cfg.log)
+            phases = loop_step(
+                kinds[kind][0], policy, None, source, rms, sched, opt, pool, step, rl, dev, cfg.log
+            )
             counter.on = False
             out.append({"phases": phases, "total": sum(phases.values()), "calls": counter.calls})
             out[-1]["peak"] = peak_memory(dev)

@@ -1,23 +1,27 @@
-"""Does it work? The paper's comparison (method.md §6) in the toy world, its report, and two user commands.
+"""Does it work? The paper's comparison (method.md §6) in the toy world, bracketed by controls; its report.
 
-    python evaluate.py                                  # the main job: SFT → RM → 4 arms → out/eval/report.md
-    python evaluate.py --compare_algos --n_seeds=3      # + the ReFL arms; every RL arm with seeds 0, 1, 2
+    python evaluate.py                                  # the main job: SFT → RM → RL arms × 3 seeds → report
+    python evaluate.py --controls=all                   # + the oracle with the gold score only
+    python evaluate.py --compare_algos                  # + the same arms trained with ReFL
     python evaluate.py --device=cuda --preset=gpu       # a real run on one GPU
     python evaluate.py score a.png b.jpg --rm=out/eval/work/rm/rm_stage3      # scores + degradation overlays
     python evaluate.py upscale lr.png --policy=out/eval/work/rl_pg_ccl_s0/policy_final --out_dir=out/sr
 
 The main job runs the project in the faithful order (design.md "Data flow") through the scripts' own
 `main(cfg)`, never a copy of their loops, and keeps every run under <out_dir>/work:
-  work/sft                            train_rl.main(sft_only): the common start of every arm
-  work/rm                             train_rm.main(policy=work/sft/policy_sft): RM_0 … RM_N
-  work/rl_{algo}_{curriculum}_s{seed} train_rl.main(init_policy=work/sft/policy_sft): the RL arms
-The arms: the SFT policy (no RL); RL on RM_0 only (curriculum=global, the paper's global-IQA baseline); RL on
-RM_N from step 0 (curriculum=none, the "no CCL" ablation); RL under the co-evolutionary curriculum (ccl).
-A run is reused only when its config.json equals the config it would get now and its final checkpoint
-exists and is newer than the checkpoints it read (make's rule); anything else is deleted and run again.
-Every arm is then judged on held-out photos by judges the reward models never learned from, and report.md
-says which claims of the paper this run reproduces, by the explicit rules of `verdict`: the sentences come
-from the numbers, never the other way round ("The honest toy world", method.md).
+  work/sft                         train_rl.main(sft_only): the common start of every arm
+  work/rm                          train_rm.main(policy=work/sft/policy_sft): RM_0 … RM_N
+  work/rl_{algo}_{arm}_s{seed}     train_rl.main(init_policy=work/sft/policy_sft): the RL arms
+The arms (ARMS): bicubic and SFT (no RL); the controls first (method.md "Controls first") — the placebo
+(random rewards: what the update's noise alone does) and the oracle (the gold judge's score and map as the
+reward: the ceiling); then the paper's comparison — RL on RM_0 only (global, the global-IQA baseline), on RM_N
+from step 0 (none, "no CCL"), and under the co-evolutionary curriculum (ccl). Every RL arm runs n_seeds
+training seeds. A run is reused only when its config.json equals the config it would get now and its final
+checkpoint exists and is newer than the checkpoints it read (make's rule); anything else is run again.
+Every arm is then judged on held-out photos by judges the reward models never learned from, and the claims
+(CLAIMS) are decided by one rule: a difference between two arms counts when it exceeds K_SE standard errors
+over training seeds (a paired t over crops sees only sampling noise, and RL seeds differ far more). The
+sentences come from the numbers, never the other way round ("The honest toy world", method.md).
 """
 
 import dataclasses
@@ -35,22 +39,23 @@ import config
 import data
 import train_rl
 import train_rm
-from apply import overlay, score, upscale
+from apply import score, upscale
 from metrics import label_map, psnr_y, ssim_map_y
 from policy import load_policy
 
 
 @dataclass
 class Config:
-    out_dir: str = "out/eval"  # report.md, figures, work/ (the runs it trains): a fresh out_dir = scratch
+    out_dir: str = "out/eval"  # report.md, results.json, figures, work/ (its runs): a fresh out_dir = scratch
     data: str = "builtin"  # training source (evaluation: builtin's held-out photos); score/upscale: lr:DIR
     seed: int = 0  # SFT and RM use it; the RL arms use seed … seed + n_seeds − 1
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu: also selects train_rm's and train_rl's preset of the same name
-    n_seeds: int = 1  # RL seeds per arm; > 1 adds ± (std over seeds) to every number of the arm table
-    compare_algos: bool = False  # also the other algorithm's arms (refl beside pg)
-    algo: str = "pg"  # the algorithm of the four default arms (train_rl's default)
-    arm_steps: int = 60  # RL steps per arm, THE budget knob: ≈ 1.8 min per arm on 2 CPU cores (≈ 1.8 s/step)
+    n_seeds: int = 3  # RL training seeds per arm: the verdicts need their spread (≥ 3; method.md)
+    controls: str = "default"  # default (placebo + oracle_map) | all (+ oracle_score: the gold score alone)
+    compare_algos: bool = False  # also every RL arm with the other algorithm (refl beside pg)
+    algo: str = "pg"  # the algorithm of the default arms (train_rl's default)
+    arm_steps: int = 40  # RL steps per arm, THE budget knob (15 RL runs must fit the 20-minute CPU budget)
     sft_steps: int = 0  # SFT steps; 0 = train_rl's default for the preset
     rm_steps: tuple = ()  # train_rm's steps per stage RM_0 … RM_N, e.g. 120,60,60,150; empty = its default
     rm_args: str = ""  # more train_rm flags, e.g. "--widths=8,16,16,16 --batch=8" (the tests' tiny models)
@@ -58,27 +63,43 @@ class Config:
     eval_n: int = 32  # held-out crops: the first half with clean LR, the second half degraded
     eval_crop: int = 64  # HR crop size (the acceptance checks' 64×64; LR is 16×16)
     eval_degrade: float = 0.5  # strength of the degraded half: train_rl's degrade_max, the LR RL saw
-    eval_seeds: int = 2  # sampling seeds per arm: every metric is averaged over them
+    eval_seeds: int = 1  # sampling seeds per policy (the training seeds already average sampling noise)
     n_show: int = 3  # held-out crops in the figures (2–4 read well)
     # --- the user commands (apply.py)
     rm: str = ""  # score: an RM stage directory, e.g. out/eval/work/rm/rm_stage3
     policy: str = ""  # upscale: a policy directory, e.g. out/eval/work/rl_pg_ccl_s0/policy_final
     tile: int = 0  # tile side in input pixels; 0 = 256 for score, 128 (LR px) for upscale; overlap = tile/8
     tile_batch: int = 8  # tiles per forward pass (bounds memory on large images)
-    steps: int = 0  # upscale: DDIM steps K; 0 = the policy's own default
-    eta: float = -1.0  # upscale: DDIM eta; < 0 = the policy's own default (1.0, as RL trained it)
+    steps: int = 0  # upscale: DDIM steps K; 0 = the policy's own (the K it was trained to sample with)
+    eta: float = -1.0  # upscale: DDIM eta; < 0 = the policy's own
 
 
 PRESETS = {
     "cpu": {},
-    # One GPU: train_rm/train_rl switch to their gpu presets too; longer arms, more held-out crops and seeds.
-    "gpu": {"arm_steps": 1000, "eval_n": 128, "n_seeds": 3},
+    # One GPU: train_rm/train_rl switch to their gpu presets too; longer arms, more held-out crops.
+    "gpu": {"arm_steps": 1000, "eval_n": 128},
 }
-CURRICULA = ("global", "none", "ccl")  # the three RL arms, in the order of method.md §6's story
-# The verdict's thresholds [ours]: explicit, so a reader can disagree with a rule rather than with a sentence.
-T_SIG = 2.0  # |paired t| over the held-out crops above which a difference is beyond noise (≈ 95 %)
-Z_MIN = 0.1  # … and at least a tenth of the SFT outputs' std, else it is too small to mean anything
-STABLE_RATIO = 1.25  # "less stable": a tail std of reward_final more than 25 % above the other arm's
+# The RL arms: the reward source and curriculum each trains with (train_rl --reward / --curriculum).
+ARMS = {
+    "placebo": dict(reward="placebo", curriculum="global"),  # control: random rewards, no map
+    "global": dict(reward="rm", curriculum="global"),  # RM_0 only: the global-IQA baseline
+    "none": dict(reward="rm", curriculum="none"),  # RM_N from step 0: no curriculum
+    "ccl": dict(reward="rm", curriculum="ccl"),  # RM_0 → … → RM_N: the method
+    "oracle_map": dict(reward="gold", curriculum="none"),  # ceiling: gold score + gold map (toy world)
+}
+CONTROLS_ALL = {"oracle_score": dict(reward="gold", curriculum="global")}  # ceiling of a global reward
+K_SE = 2.0  # the noise rule [ours]: a difference counts when it exceeds K_SE standard errors over seeds
+# The claims (method.md §6 and "Controls first"): (claim, arm a, arm b, metric, sign). Holds when
+# sign · (a − b) > K_SE · SE; sign −1 for "lower is better" metrics (gold, tail std of reward_final).
+CLAIMS = [
+    ("RL works: the oracle (gold map) beats SFT on gold", "oracle_map", "sft", "gold", -1),
+    ("RM_N + CCL beats the global reward on gold", "ccl", "global", "gold", -1),
+    ("RM_N + CCL beats the placebo on gold", "ccl", "placebo", "gold", -1),
+    ("No curriculum is less stable (tail std of reward_final)", "none", "ccl", "tail_std", 1),
+    ("No curriculum ends worse on gold", "none", "ccl", "gold", 1),
+    ("The map carries the signal: oracle_map beats oracle_score", "oracle_map", "oracle_score", "gold", -1),
+]  # fmt: skip
+HACK_CLAIM = "The global reward hacks: its proxy RM_0 rises above the placebo's, its gold does not improve"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -110,9 +131,19 @@ def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
     log.append((cfg.out_dir, "trained", time.time() - t0))
 
 
+def arm_list(cfg: Config) -> list:
+    """[(arm name, algo, train_rl overrides)]: the default algorithm's arms by their plain names, then
+    (--compare_algos) the other algorithm's as '<algo>_<arm>'."""
+    arms = {**ARMS, **(CONTROLS_ALL if cfg.controls == "all" else {})}
+    algos = [cfg.algo] + ([a for a in ("pg", "refl") if a != cfg.algo] if cfg.compare_algos else [])
+    return [(a if algo == cfg.algo else f"{algo}_{a}", algo, kw) for algo in algos for a, kw in arms.items()]
+
+
 def train_all(cfg: Config, log: list):
-    """Train (or reuse) everything. Returns (rm_dir, arms): arms maps a name to a list (one per seed) of
-    (run_dir or None for SFT, policy_dir, RL config)."""
+    """Train (or reuse) everything. Returns (rm config, arms): arms maps a name to a list (one per seed) of
+    (run_dir or None, policy_dir or None for bicubic, RL config)."""
+    if cfg.controls not in ("default", "all"):
+        raise config.ConfigError(f"--controls={cfg.controls} unknown; use default or all")
     work = os.path.join(cfg.out_dir, "work")
     common = {"data": cfg.data, "device": cfg.device}
     rl = sub_config(train_rl.Config, train_rl.PRESETS, cfg.preset, cfg.rl_args, seed=cfg.seed, **common)
@@ -132,18 +163,17 @@ def train_all(cfg: Config, log: list):
     rcfg = dataclasses.replace(rcfg, out_dir=rm_dir, policy=sft_policy, seed=cfg.seed)
     rm_done = os.path.join(rm_dir, f"rm_stage{rcfg.n_stages}", "rm.json")
     run_once(train_rm.main, rcfg, rm_done, [sft_done], log)
-    # The RL arms: same start, same seeds, same budget; only the reward schedule (and the algorithm) differ.
-    arms = {"SFT": [(None, sft_policy, rl)]}
-    for algo in [cfg.algo] + ([a for a in ("pg", "refl") if a != cfg.algo] if cfg.compare_algos else []):
-        for cur in CURRICULA:
-            arms[f"{algo}/{cur}"] = []
-            for seed in range(cfg.seed, cfg.seed + cfg.n_seeds):
-                out = os.path.join(work, f"rl_{algo}_{cur}_s{seed}")
-                acfg = dataclasses.replace(rl, out_dir=out, init_policy=sft_policy, rm_dir=rm_dir, seed=seed)
-                acfg = dataclasses.replace(acfg, algo=algo, curriculum=cur, steps=cfg.arm_steps)
-                final = os.path.join(out, "policy_final")
-                run_once(train_rl.main, acfg, os.path.join(final, "policy.json"), [sft_done, rm_done], log)
-                arms[f"{algo}/{cur}"].append((out, final, acfg))
+    # The RL arms: same start, same seeds, same budget; only the reward (and the algorithm) differ.
+    arms = {"bicubic": [(None, None, rl)], "sft": [(None, sft_policy, rl)]}
+    for name, algo, kw in arm_list(cfg):
+        arms[name] = []
+        for seed in range(cfg.seed, cfg.seed + cfg.n_seeds):
+            out = os.path.join(work, f"rl_{algo}_{name.removeprefix(algo + '_')}_s{seed}")
+            acfg = dataclasses.replace(rl, out_dir=out, init_policy=sft_policy, rm_dir=rm_dir, seed=seed)
+            acfg = dataclasses.replace(acfg, algo=algo, steps=cfg.arm_steps, **kw)
+            final = os.path.join(out, "policy_final")
+            run_once(train_rl.main, acfg, os.path.join(final, "policy.json"), [sft_done, rm_done], log)
+            arms[name].append((out, final, acfg))
     return rcfg, arms
 
 
@@ -185,20 +215,29 @@ def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
     return (c[i] - c[lo]) / (i - lo)
 
 
-def paired_t(a, b) -> tuple[float, float]:
-    """(mean(a − b), paired t statistic) over matched samples (the same held-out crops)."""
-    d = (torch.as_tensor(a) - torch.as_tensor(b)).double().flatten()
-    se = d.std() / math.sqrt(len(d)) if len(d) > 1 else torch.tensor(math.nan)
-    return float(d.mean()), float(d.mean() / se.clamp_min(1e-12))
+def mean_se(vals: list, trained: bool = True) -> tuple[float, float]:
+    """(mean, standard error of the mean) over training seeds. An arm that is not trained (bicubic, SFT: one
+    fixed policy) has no seed noise: SE 0. A trained arm with one seed has an unknown SE: NaN."""
+    v = torch.tensor([x for x in vals if x == x], dtype=torch.float64)
+    if len(v) == 0:
+        return math.nan, math.nan
+    if not trained:
+        return float(v.mean()), 0.0
+    return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else math.nan
 
 
-def direction(t: float, dz: float) -> int:
-    """+1 rose, −1 fell, 0 no change. A change must be beyond noise (paired |t| > T_SIG) and not negligible
-    (|Δz| ≥ Z_MIN, Δ in units of the std over the SFT outputs): every arm is sampled with the same noise
-    seeds on the same crops, so a consistent shift of 1e-4 can have a large t and still mean nothing."""
-    if math.isnan(t) or math.isnan(dz) or abs(t) <= T_SIG or abs(dz) < Z_MIN:
-        return 0
-    return 1 if dz > 0 else -1
+def compare(a: list, b: list, a_trained: bool = True, b_trained: bool = True) -> tuple[float, float]:
+    """(mean(a) − mean(b), its standard error sqrt(SE_a² + SE_b²)): two arms' per-seed values."""
+    (ma, sa), (mb, sb) = mean_se(a, a_trained), mean_se(b, b_trained)
+    return ma - mb, math.sqrt(sa**2 + sb**2)
+
+
+def outcome(d: float, se: float) -> str:
+    """The one noise rule: d (signed so that d > 0 is the claim) beyond K_SE·SE → "reproduced", beyond
+    −K_SE·SE → "not reproduced", else (or with an unknown SE: one seed) "within noise"."""
+    if math.isnan(d) or math.isnan(se) or abs(d) <= K_SE * se:
+        return "within noise"
+    return "reproduced" if d > 0 else "not reproduced"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -209,7 +248,7 @@ def eval_set(cfg: Config):
     """The fixed held-out set: eval_n crops of the built-in held-out photos (data.HELDOUT_PHOTOS, never
     trained on). First half: clean bicubic LR (strength 0, the classical protocol); second half: degraded
     at eval_degrade (real-world LR, as SFT and RL saw it). One generator seed: the same set for every arm."""
-    g = torch.Generator().manual_seed(cfg.seed + 3000)
+    g = config.generator("eval/set", cfg.seed)
     hr = data.load_pool("builtin", "val", cfg.eval_crop).crops(cfg.eval_n, cfg.eval_crop, g)
     half = cfg.eval_n // 2
     lr = torch.cat([data.degrade(hr[:half], 0.0, g), data.degrade(hr[half:], cfg.eval_degrade, g)])
@@ -217,11 +256,14 @@ def eval_set(cfg: Config):
 
 
 @torch.no_grad()
-def sample(policy_dir: str, lr, K: int, eta: float, n_seeds: int, dev) -> torch.Tensor:
-    """(n_seeds, B, 3, 4h, 4w) samples with the arm's training K and eta, one fixed generator per seed."""
+def sample(policy_dir, lr, n_seeds: int, dev) -> torch.Tensor:
+    """(n_seeds, B, 3, 4h, 4w) samples with the K and eta the policy was trained to sample with (its
+    policy.json), one fixed generator per seed; policy_dir None = bicubic (the same for every seed)."""
+    if policy_dir is None:
+        return data.upsample(lr)[None].expand(n_seeds, -1, -1, -1, -1)
     pol = load_policy(policy_dir, dev)
-    gens = [torch.Generator(dev).manual_seed(s) for s in range(n_seeds)]
-    return torch.stack([pol.upscale(lr.to(dev), K, eta, g).cpu() for g in gens])
+    gens = [config.generator("eval/sample", s, device=dev) for s in range(n_seeds)]
+    return torch.stack([pol.upscale(lr.to(dev), generator=g).cpu() for g in gens])
 
 
 @torch.no_grad()
@@ -239,9 +281,9 @@ def judge(sr, hr, rms, dev, iqa=None) -> dict:
         # the SSIM column read as a degradation (lower = better), beside the label function's pixel term.
         "judge_ssim": 1 - ssim,
         "judge_pix": label_map(x, ref, alpha=1.0).mean((1, 2, 3)),  # the pixel term alone
+        "proxy0": rms[0](x)[0],  # the proxies: what RM_0 and RM_N say, without HR
+        "proxyN": rms[-1](x)[0],
     }
-    for k, rm in enumerate(rms):
-        out[f"rm{k}"] = rm(x)[0]  # the proxy: what RM_k says, no HR
     for name, m in (iqa or {}).items():  # pyiqa, where present: LPIPS is full-reference, the rest are not
         out[name] = (m(x, ref) if name == "lpips" else m(x)).flatten()
     return {k: v.float().cpu() for k, v in out.items()}
@@ -266,42 +308,61 @@ def rl_rows(run_dir: str) -> list:
 
 
 def evaluate_arms(cfg, arms, rms, dev, iqa):
-    """Sample and judge every arm (SFT first: every improvement is measured from it). Returns
-    (results: name → list of per-seed dicts of floats, per_image: name → metric → (B,), samples)."""
+    """Sample and judge every arm. Returns (results: name → metric → [one float per seed], shown samples).
+
+    Per seed: the held-out means of judge()'s numbers; `gap`, the hacking gap against the SFT outputs
+    (hacking_gap, proxy = the RM stage the arm optimised last: RM_0 for global and the placebo, else RM_N);
+    for RL arms the training curve's tail_std / max_drop, and `gain`, the oracle-normalised gold gain
+    (gold_SFT − gold_arm) / (gold_SFT − mean gold_oracle_map): 0 = no better than SFT, 1 = the oracle."""
     hr, lr = eval_set(cfg)
-    N = len(rms) - 1
-    results, per_image, shown, sft = {}, {}, {}, None
-    for name, runs in arms.items():  # "SFT" comes first: every improvement is measured from it
-        seeds, imgs = [], []
+    results, shown, sft = {}, {}, None
+    for name, runs in arms.items():  # "bicubic" and "sft" first: the improvements are measured from SFT
+        res = {}
         for run_dir, policy_dir, acfg in runs:
-            sr = sample(policy_dir, lr, acfg.sample_steps, acfg.eta, cfg.eval_seeds, dev)
+            sr = sample(policy_dir, lr, cfg.eval_seeds, dev)
             per = judge(sr, hr, rms, dev, iqa)
-            sft = per if sft is None else sft
+            sft = per if name == "sft" else sft
             r = {k: float(v.mean()) for k, v in per.items()}
-            rows = rl_rows(run_dir) if run_dir else []
-            # The proxy: the RM stage the arm optimised last, as its log says (global: RM_0; none and ccl:
-            # RM_N, unless a plateau-switched curriculum stopped short); SFT: RM_N.
-            k = rows[-1]["stage"] if rows else N
-            r["gap"], r["proxy_z"], r["quality_z"] = hacking_gap(
-                per[f"rm{k}"], sft[f"rm{k}"], 1 - per["gold"], 1 - sft["gold"]
-            )
-            r["proxy_stage"] = k
-            if rows:  # instability of the training curve (SFT has none)
-                r["tail_std"], r["max_drop"] = instability([x["reward_final"] for x in rows])
-            seeds.append(r)
-            imgs.append({m: v.view(cfg.eval_seeds, -1).mean(0) for m, v in per.items()})  # (B,) per crop
+            if sft is not None:
+                proxy = "proxy0" if run_dir and acfg.curriculum == "global" else "proxyN"
+                r["gap"] = hacking_gap(per[proxy], sft[proxy], 1 - per["gold"], 1 - sft["gold"])[0]
+            if run_dir:  # instability of the training curve (bicubic, SFT have none)
+                r["tail_std"], r["max_drop"] = instability([x["reward_final"] for x in rl_rows(run_dir)])
+            for k, v in r.items():
+                res.setdefault(k, []).append(v)
             shown.setdefault(name, sr[0])  # the first sampling seed of the first training seed, for figures
-        results[name] = seeds
-        per_image[name] = {m: torch.stack([d[m] for d in imgs]).mean(0) for m in imgs[0]}
-    return results, per_image, (hr, lr, shown)
+        results[name] = res
+    if "oracle_map" in results:
+        g_sft, g_or = results["sft"]["gold"][0], mean_se(results["oracle_map"]["gold"])[0]
+        for res in results.values():
+            res["gain"] = [(g_sft - g) / (g_sft - g_or) if g_sft != g_or else math.nan for g in res["gold"]]
+    return results, (hr, lr, shown)
+
+
+def verdicts(results: dict, trained: set) -> dict:
+    """{claim: (outcome, difference, its SE)} for every claim whose arms ran (CLAIMS, HACK_CLAIM)."""
+    out = {}
+    for claim, a, b, key, sign in CLAIMS:
+        if a in results and b in results:
+            d, se = compare(results[a][key], results[b][key], a in trained, b in trained)
+            out[claim] = (outcome(sign * d, se), d, se)
+    if "global" in results and "placebo" in results:  # hacking = the proxy up, the gold judge not
+        dp, sp = compare(results["global"]["proxy0"], results["placebo"]["proxy0"])
+        dq, sq = compare(results["placebo"]["gold"], results["global"]["gold"])  # > 0: global's gold better
+        o = "within noise" if outcome(dp, sp) == "within noise" else "reproduced"
+        o = "not reproduced" if outcome(dp, sp) == "not reproduced" or outcome(dq, sq) == "reproduced" else o
+        out[HACK_CLAIM] = (o, dp, sp)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. Tables, verdict, figures, report
+# 4. Tables, figures, report
 
 
-COLUMNS = [("psnr", "PSNR-Y ↑"), ("ssim", "SSIM-Y ↑"), ("gold", "gold M̄ ↓"), ("area", "artifact area ↓")]
-COLUMNS += [("judge_ssim", "1−SSIM ↓"), ("judge_pix", "pixel judge ↓")]  # ↑ higher / ↓ lower is better
+COLUMNS = [("gold", "gold M̄ ↓"), ("gain", "oracle-norm. gain ↑"), ("psnr", "PSNR-Y ↑"), ("ssim", "SSIM-Y ↑")]
+COLUMNS += [("area", "artifact area ↓"), ("judge_ssim", "1−SSIM ↓"), ("judge_pix", "pixel judge ↓")]
+COLUMNS += [("proxy0", "RM_0 ↑"), ("proxyN", "RM_N ↑"), ("gap_vs_placebo", "hacking gap − placebo's ↓")]
+COLUMNS += [("tail_std", "tail std ↓")]
 
 
 def md_table(header: list, rows: list) -> str:
@@ -309,20 +370,22 @@ def md_table(header: list, rows: list) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
-def cell(vals: list) -> str:
+def cell(vals) -> str:
     """Mean over seeds, ± their std when there are several; '—' for a missing or NaN value."""
-    v = [x for x in vals if x is not None and x == x]
+    v = [x for x in vals or [] if x is not None and x == x]
     if not v:
         return "—"
     m = sum(v) / len(v)
     return f"{m:.4g}" if len(v) == 1 else f"{m:.4g} ± {torch.tensor(v).std().item():.2g}"
 
 
-def arm_table(results: dict, n_rm: int, extra: list) -> str:
-    cols = COLUMNS + [(f"rm{k}", f"RM_{k} ↑") for k in range(n_rm)] + [(k, k.upper()) for k in extra]
-    cols += [("proxy_z", "Δproxy z"), ("quality_z", "Δgold z"), ("gap", "hacking gap ↓")]
-    cols += [("tail_std", "tail std ↓"), ("max_drop", "max drop ↓")]
-    rows = [[name] + [cell([r.get(k) for r in runs]) for k, _ in cols] for name, runs in results.items()]
+def arm_table(results: dict, extra: list) -> str:
+    gap0 = mean_se(results.get("placebo", {}).get("gap", []))[0]
+    cols = COLUMNS + [(k, k.upper()) for k in extra]
+    rows = []
+    for name, res in results.items():
+        res = {**res, "gap_vs_placebo": [g - gap0 for g in res.get("gap", [])]}
+        rows.append([name] + [cell(res.get(k)) for k, _ in cols])
     return md_table(["arm"] + [h for _, h in cols], rows)
 
 
@@ -332,70 +395,21 @@ def rm_table(rows: list) -> str:
     return md_table(["stage"] + keys, body)
 
 
-def verdict(results: dict, per_image: dict, algo: str) -> list:
-    """The paper's claims (method.md §6) checked by explicit rules; one sentence each, from the numbers.
-
-    A change counts when it is beyond noise AND not negligible (`direction`). "gold" is the gold quality
-    1 − mean label map; the proxy is the RM stage the arm optimised last (global: RM_0; none, ccl: RM_N).
-    (1) hacking under the global reward: the global arm's proxy rose AND its gold quality fell (vs SFT).
-    (2) FinPercep-RM + CCL: the ccl arm's proxy rose AND its gold quality rose (vs SFT); separately, its
-        gold quality exceeds the global arm's.
-    (3) no curriculum: less stable = the none arm's tail std of reward_final > STABLE_RATIO × the ccl arm's;
-        ends worse = its gold quality is below the ccl arm's. Both: reproduced; one: partly."""
-    word = {1: "rose", -1: "fell", 0: "did not change beyond noise"}
-    rep = {True: "reproduced", False: "not reproduced"}
-    q = {a: 1 - per_image[a]["gold"] for a in per_image}  # gold quality per held-out crop
-    avg = lambda a, key: sum(r[key] for r in results[a]) / len(results[a])  # noqa: E731  (over seeds)
-
-    def vs_sft(a):  # (proxy stage, proxy direction, gold-quality direction) against the SFT start
-        k = results[a][0]["proxy_stage"]
-        t_p = paired_t(per_image[a][f"rm{k}"], per_image["SFT"][f"rm{k}"])[1]
-        t_q = paired_t(q[a], q["SFT"])[1]
-        return k, direction(t_p, avg(a, "proxy_z")), direction(t_q, avg(a, "quality_z"))
-
-    def vs(a, b):  # gold-quality direction of arm a against arm b (Δz in the same SFT units)
-        return direction(paired_t(q[a], q[b])[1], avg(a, "quality_z") - avg(b, "quality_z"))
-
-    g, c, n = f"{algo}/global", f"{algo}/ccl", f"{algo}/none"
-    k, dp, dq = vs_sft(g)
-    s1 = (
-        f"[{algo}] Hacking with the global reward: {rep[dp == 1 and dq == -1]}"
-        f" — the global arm's proxy RM_{k} {word[dp]} and its gold quality {word[dq]} versus SFT."
+def image_grid(plt, titles: list, rows: list, path: str) -> None:
+    """A grid figure: rows of cells (image (C, H, W) or None, label); 1-channel maps in magma, [0, 1]."""
+    fig, axes = plt.subplots(
+        len(rows), len(titles), figsize=(1.7 * len(titles), 1.8 * len(rows)), squeeze=False
     )
-    k, dp, dq = vs_sft(c)
-    beat = vs(c, g) == 1
-    s2 = (
-        f"[{algo}] FinPercep-RM + CCL improves both: {rep[dp == 1 and dq == 1]}"
-        f" — the ccl arm's proxy RM_{k} {word[dp]} and its gold quality {word[dq]} versus SFT; CCL's gold "
-        f"improvement {'exceeds' if beat else 'does not exceed'} the global arm's "
-        f"({rep[beat]})."
-    )
-    std_n, std_c = avg(n, "tail_std"), avg(c, "tail_std")
-    less_stable = None if math.isnan(std_n + std_c) else std_n > STABLE_RATIO * std_c
-    worse = vs(n, c) == -1
-    tag = "reproduced" if less_stable and worse else ("partly reproduced" if less_stable or worse else "")
-    s3 = (
-        f"[{algo}] Without the curriculum it is less stable and ends worse: {tag or 'not reproduced'} — "
-        f"tail std of reward_final {std_n:.3g} (none) vs {std_c:.3g} (ccl): "
-        f"{'undetermined' if less_stable is None else ('less' if less_stable else 'not less')} stable; "
-        f"its gold quality {'is' if worse else 'is not'} below the ccl arm's."
-    )
-    return [s1, s2, s3]
-
-
-def image_grid(plt, cols: list, path: str) -> None:
-    """A grid figure: cols = [(title, images (n, C, H, W), labels or None)]; 1-channel maps in magma."""
-    n = len(cols[0][1])
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.9 * len(cols), 2.0 * n), squeeze=False)
-    for j, (title, x, labels) in enumerate(cols):
-        axes[0, j].set_title(title, fontsize=8)
-        for i, ax in enumerate(axes[:, j]):
-            if x.shape[1] == 1:
-                ax.imshow(x[i, 0].numpy(), cmap="magma", vmin=0, vmax=1)
-            else:
-                ax.imshow(x[i].clamp(0, 1).permute(1, 2, 0).numpy())
+    for j, t in enumerate(titles):
+        axes[0, j].set_title(t, fontsize=8)
+    for i, row in enumerate(rows):
+        for ax, (x, label) in zip(axes[i], row):
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_xlabel(labels[i] if labels else "", fontsize=7)
+            ax.set_frame_on(x is not None)
+            if x is not None:
+                kw = dict(cmap="magma", vmin=0, vmax=1) if x.shape[0] == 1 else {}
+                ax.imshow(x[0].numpy() if x.shape[0] == 1 else x.clamp(0, 1).permute(1, 2, 0).numpy(), **kw)
+            ax.set_xlabel(label, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -408,43 +422,92 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    # Fig. 1b: reward_final (RM_N's score, comparable across arms) and gold against RL steps.
-    # Per-step values are noisy (a few samples each): faint, with a trailing mean over 5 steps on top.
+    # Fig. 1b: reward_final (RM_N's score, comparable across arms and reward sources) and gold per RL step:
+    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed.
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for i, (name, runs) in enumerate((n, r) for n, r in arms.items() if n != "SFT"):
-        for j, (run_dir, _, _) in enumerate(runs):
-            rows = rl_rows(run_dir)
-            steps = [x["step"] for x in rows]
-            for ax, key in zip(axes, ("reward_final", "gold")):
-                v = torch.tensor([x[key] for x in rows], dtype=torch.float64)
-                ax.plot(steps, v, color=f"C{i}", alpha=0.2, lw=0.8)
-                ax.plot(steps, trailing_mean(v, 5), color=f"C{i}", lw=1.5, label=name if j == 0 else None)
-            if name.endswith("/ccl") and j == 0:  # dotted: where the curriculum moved to the next RM stage
-                for step in [b["step"] for a, b in zip(rows, rows[1:]) if b["stage"] != a["stage"]]:
-                    for ax in axes:
-                        ax.axvline(step, color=f"C{i}", ls=":", lw=0.8)
+    for i, (name, runs) in enumerate((n, r) for n, r in arms.items() if r[0][0]):
+        curves = [rl_rows(run_dir) for run_dir, _, _ in runs]
+        steps = [x["step"] for x in curves[0]]
+        ls = "--" if name in ("placebo", "oracle_map", "oracle_score") else "-"
+        for ax, key in zip(axes, ("reward_final", "gold")):
+            v = torch.tensor([[x[key] for x in rows] for rows in curves], dtype=torch.float64)
+            for seed_curve in v:
+                ax.plot(steps, seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
+            ax.plot(steps, trailing_mean(v.mean(0), 5), color=f"C{i}", lw=1.6, ls=ls, label=name)
     for ax, t in zip(axes, ("reward_final (RM_N score) ↑", "gold (mean label map vs HR) ↓")):
         ax.set(xlabel="RL step", title=t)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
-    # Fig. 1c: LR | bicubic | SFT | arms | HR, the gold judge's map as a red overlay on every SR column.
+    # Fig. 1c: for each shown crop, a row of images (LR, every arm's SR, HR) and below it the gold judge's map
+    # of each SR: the artifacts themselves stay visible, and the map says where the judge sees them.
     hr, lr, srs = shown
     idx = torch.linspace(0, len(hr) - 1, cfg.n_show).round().long()  # spread over clean and degraded halves
-    h = hr[idx]
-    cols = [("LR", data.upsample(lr[idx], "nearest"), None)]
-    for name, x in [("bicubic", data.upsample(lr[idx]))] + [(n, s[idx]) for n, s in srs.items()]:
-        M = label_map(x, h)
-        cols.append((name, overlay(x, M), [f"gold {m:.3f}" for m in M.mean((1, 2, 3)).tolist()]))
-    image_grid(plt, cols + [("HR", h, None)], os.path.join(out_dir, "samples.png"))
+    rows = []
+    for i in idx.tolist():
+        maps = {n: label_map(s[i : i + 1], hr[i : i + 1])[0] for n, s in srs.items()}
+        rows.append([(data.upsample(lr[i : i + 1], "nearest")[0], "LR")] + [(s[i], "") for s in srs.values()])
+        rows[-1].append((hr[i], "HR"))
+        rows.append([(None, "")] + [(m, f"gold {m.mean():.3f}") for m in maps.values()] + [(None, "")])
+    image_grid(plt, ["LR"] + list(srs) + ["HR"], rows, os.path.join(out_dir, "samples.png"))
     # RM maps on held-out FGR examples: image | label map | RM_1 … RM_N maps.
     order = val["dmap_syn"].mean((1, 2, 3)).argsort(descending=True)
     pick = order[torch.linspace(0, len(order) // 2, cfg.n_show).long()]  # clear cases, not only the easiest
     x, dev = val["syn"][pick], next(rms[0].parameters()).device
-    cols = [("image", x, None), ("label map", val["dmap_syn"][pick], None)]
-    cols += [(f"RM_{k}", rm(x.to(dev))[1].cpu(), None) for k, rm in enumerate(rms) if k > 0]
-    image_grid(plt, cols, os.path.join(out_dir, "rm_maps.png"))
+    cols = [x, val["dmap_syn"][pick]] + [rm(x.to(dev))[1].cpu() for rm in rms[1:]]
+    rows = [[(c[i], "") for c in cols] for i in range(len(pick))]
+    titles = ["image", "label map"] + [f"RM_{k}" for k in range(1, len(rms))]
+    image_grid(plt, titles, rows, os.path.join(out_dir, "rm_maps.png"))
     plt.close("all")
+
+
+def report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, runs, iqa_msg) -> str:
+    """report.md, from the same numbers as results.json."""
+    lines = [
+        f"- **{c}: {o}** — difference {d:+.4g} ± {se:.2g} (SE over seeds)" for c, (o, d, se) in found.items()
+    ]
+    return f"""# FinPercep-RM in the toy world: the comparison of method.md §6
+
+Generated by `python evaluate.py` in {t_all / 60:.1f} min ({t_train / 60:.1f} min training) on {dev};
+{cfg.arm_steps} RL steps per arm, {cfg.n_seeds} training seeds per RL arm, algorithm {cfg.algo}.
+
+## Verdicts (generated from the numbers below by `evaluate.verdicts`)
+{chr(10).join(lines)}
+
+The rule, one for every claim: a difference between two arms counts when it exceeds {K_SE} standard errors
+over training seeds (SE = sqrt(SE_a² + SE_b²); bicubic and SFT are single fixed policies with SE 0; one seed
+gives no SE, so "within noise"). "reproduced" = beyond noise in the claim's direction, "not reproduced" =
+beyond noise against it. Hacking: the global arm's RM_0 score exceeds the placebo's beyond noise while its
+gold is not better beyond noise.
+
+## The arms on held-out crops
+{cfg.eval_n} crops of {cfg.eval_crop}×{cfg.eval_crop} px from the held-out photos
+({", ".join(data.HELDOUT_PHOTOS)}), ×4; the first half from clean bicubic LR, the second from LR degraded
+at strength {cfg.eval_degrade}; each policy sampled with the K and eta it was trained with,
+{cfg.eval_seeds} sampling seed(s). Mean ± std over training seeds.
+
+{table}
+
+gold M̄ = mean label map vs HR (the gold judge, lower = better); oracle-normalised gain = (gold_SFT −
+gold_arm) / (gold_SFT − gold_oracle_map): 0 = SFT, 1 = the oracle; artifact area = share of pixels with label
+map > 0.1; judges the RMs never learned from: 1 − SSIM and the label function's pixel term alone (α = 1);
+RM_0, RM_N = the proxies' mean scores; hacking gap = Δproxy z − Δgold z against SFT (in stds of the SFT
+outputs; proxy = the stage the arm optimised last), shown minus the placebo's (what noise alone does);
+tail std = std of reward_final over the last 20 % of RL steps. {iqa_msg}
+
+## Reward-model stages (train_rm.validate on its held-out triplets)
+{rm_table(rm_rows)}
+
+## Figures
+![training curves](curves.png)
+
+![samples: LR, every arm, HR; below each SR its gold degradation map](samples.png)
+
+![RM maps on held-out examples](rm_maps.png)
+
+## Runs
+{md_table(["run", "", "seconds"], runs)}
+"""
 
 
 def main(cfg: Config) -> str:
@@ -459,59 +522,29 @@ def main(cfg: Config) -> str:
     t_train = time.time() - t0
     rms = train_rl.load_rms(rcfg.out_dir, dev)  # every stage, frozen
     iqa, iqa_msg = load_iqa(dev)
-    results, per_image, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
+    results, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
+    found = verdicts(results, trained={n for n, runs in arms.items() if runs[0][0]})
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
     val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
     rm_rows = [{"stage": k, **train_rm.validate(rm, val)} for k, rm in enumerate(rms)]
     figures(cfg, arms, rms, shown, val, cfg.out_dir)
-    algos = sorted({a.split("/")[0] for a in arms if "/" in a}, key=lambda a: a != cfg.algo)
-    sentences = [s for a in algos for s in verdict(results, per_image, a)]
-    extra = list(iqa or {})
     t_all = time.time() - t0
+    table = arm_table(results, list(iqa or {}))
     runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}") for p, s, t in log]
-    report = f"""# FinPercep-RM in the toy world: the comparison of method.md §6
-
-Generated by `python evaluate.py` in {t_all / 60:.1f} min ({t_train / 60:.1f} min training) on {dev};
-{cfg.arm_steps} RL steps per arm, {cfg.n_seeds} seed(s), algorithm(s) {", ".join(algos)}.
-
-## Verdict (generated from the numbers below by the rules in `evaluate.verdict`)
-{chr(10).join(sentences)}
-
-Rules: a change counts when its paired t over the {cfg.eval_n} held-out crops exceeds {T_SIG} and it is at
-least {Z_MIN} std of the SFT outputs; gold quality = 1 − mean label map against HR; the proxy is the RM
-stage the arm optimised last (global: RM_0, else RM_N); "less stable" = tail std more than {STABLE_RATIO}×.
-
-## The arms on held-out crops
-{cfg.eval_n} crops of {cfg.eval_crop}×{cfg.eval_crop} px from the held-out photos
-({", ".join(data.HELDOUT_PHOTOS)}), ×4; the first half from clean bicubic LR, the second from LR degraded
-at strength {cfg.eval_degrade}; each arm sampled with its training K and eta, averaged over
-{cfg.eval_seeds} sampling seeds.
-
-{arm_table(results, len(rms), extra)}
-
-PSNR/SSIM on Y (border 4); gold M̄ = mean label map vs HR (the gold judge); artifact area = share of pixels
-with label map > 0.1; judges the RMs never learned from: 1 − SSIM-map mean and the label function's pixel
-term alone (α = 1); RM_k = mean score of stage k (the proxies); Δproxy z, Δgold z = change from SFT in stds
-of the SFT outputs, hacking gap = their difference; tail std = std of reward_final over the last 20 % of RL
-steps; max drop = largest fall between consecutive means of 5 logged steps. {iqa_msg}
-
-## Reward-model stages (train_rm.validate on its held-out triplets)
-{rm_table(rm_rows)}
-
-## Figures
-![training curves](curves.png)
-
-![samples: LR, bicubic, SFT, arms, HR; red = gold degradation map](samples.png)
-
-![RM maps on held-out examples](rm_maps.png)
-
-## Runs
-{md_table(["run", "", "seconds"], runs)}
-"""
+    text = report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, runs, iqa_msg)
     with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
-        f.write(report)
-    print(arm_table(results, len(rms), extra) + "\n\n" + train_rm.format_table(rm_rows))
-    print("\n".join(sentences) + f"\nreport: {os.path.join(cfg.out_dir, 'report.md')} ({t_all / 60:.1f} min)")
+        f.write(text)
+    keys = ("gold", "psnr", "ssim", "proxy0", "proxyN", "gain", "tail_std")  # results.json: per seed
+    out = {
+        "wall_s": t_all,
+        "n_seeds": cfg.n_seeds,
+        "arms": {n: {k: res[k] for k in keys if k in res} for n, res in results.items()},
+        "verdicts": {c: o for c, (o, _, _) in found.items()},
+    }
+    config.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    print(table + "\n\n" + train_rm.format_table(rm_rows) + "\n")
+    print("\n".join(f"{c}: {o}" for c, (o, _, _) in found.items()))
+    print(f"report: {os.path.join(cfg.out_dir, 'report.md')} ({t_all / 60:.1f} min)")
     return cfg.out_dir
 
 

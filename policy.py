@@ -63,6 +63,7 @@ class Trajectory:
     logprob: torch.Tensor  # (K, B, C, H, W): log N(x[k+1]; mean_k, std_k^2) per pixel and channel
     steps: int  # K, needed to recompute: the scheduler's previous timestep is t - T // K
     eta: float  # needed to recompute: eta changes both the mean and the std
+    std: tuple = ()  # (K,) floats: each step's std_k; RL never trains a step below its floor (train_rl.py)
 
 
 def upsample(lr: torch.Tensor) -> torch.Tensor:
@@ -281,19 +282,20 @@ class Policy(nn.Module):
             raise ValueError("return_traj needs eta > 0: a deterministic DDIM step has no log-prob")
         cond = self.condition(lr)
         x = self._noise(self.x_shape(cond), generator, cond)  # x_T ~ N(0, I) (init_noise_sigma = 1 for DDIM)
-        xs, logprobs = [x], []
+        xs, logprobs, stds = [x], [], []
         for t in self.scheduler.timesteps.tolist():  # python ints: 999, 899, ..., 99 for K=10 (trailing)
             mean, std, _ = self._stats(x, t, cond, eta)
             x = mean + std * self._noise(x.shape, generator, x)  # x_prev ~ N(mean, std^2): the action
             if return_traj:
                 logprobs.append(self._gaussian_logprob(x, mean, std))
                 xs.append(x)
+                stds.append(std)
         # x is x_0 in policy space (the scaled residual, or a VQ latent); decode turns it into the SR image.
         sr = self.decode(x, lr)
         if not return_traj:
             return sr
         t = self.scheduler.timesteps.clone()
-        return sr, Trajectory(torch.stack(xs), t, torch.stack(logprobs), steps, eta)
+        return sr, Trajectory(torch.stack(xs), t, torch.stack(logprobs), steps, eta, tuple(stds))
 
     def refl_sample(self, lr, steps=None, stop_index=None, eta=None, generator=None) -> torch.Tensor:
         """ReFL (method.md §4): sample WITHOUT grad to step `stop_index`, then one step WITH grad; return

@@ -40,7 +40,7 @@ def draw_strength(cfg, g: torch.Generator) -> float:
 def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) -> dict:
     """PSNR-Y (dB) of deterministic sampling (eta = 0) vs bicubic on held-out crops, clean and degraded LR:
     the SFT acceptance check, printed after SFT."""
-    g = torch.Generator().manual_seed(seed + 2000)
+    g = config.generator("sft/psnr_table", seed)
     split = "val" if data_name == "builtin" else "train"
     pool = data.load_pool(data_name, split, crop)
     dev = next(policy.parameters()).device
@@ -68,7 +68,7 @@ def train_sft(cfg, pool, dev, log):
             extra = f" (not --init_policy={cfg.init_policy}: delete it to redo)" if cfg.init_policy else ""
             print(f"reusing the cached SFT policy {path}{extra}")
         return load_policy(path, dev)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = config.generator("sft/residual_scale", cfg.seed)
     if cfg.init_policy:  # fine-tune given weights (e.g. a pretrained latent-diffusion SR model)
         policy = load_policy(cfg.init_policy, dev)
         pcfg = policy.cfg
@@ -80,12 +80,14 @@ def train_sft(cfg, pool, dev, log):
             residual_scale=estimate_residual_scale(lr, hr),
             block_out_channels=cfg.unet_channels,
             layers_per_block=cfg.unet_layers,
+            steps=cfg.sample_steps,  # sample as RL will (policy.json keeps K and eta; upscale's defaults)
+            eta=cfg.eta,
         )
         policy = make_policy(pcfg)
     policy = policy.to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
     policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
     # The global RNG (sft_loss's timesteps and noise) differs per rank: same weights, different draws.
-    torch.manual_seed(cfg.seed * 1_000_003 + 3 + config.rank())
+    torch.manual_seed(config.seed("sft/global", cfg.seed, config.rank()))
     # fused AdamW: one kernel for the whole update on CUDA (the CPU path has no fused variant worth using)
     opt = torch.optim.AdamW(
         policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4, fused=dev.type == "cuda"
@@ -118,7 +120,7 @@ def train_sft(cfg, pool, dev, log):
             for group in opt.param_groups:  # cosine decay to 2 % of the peak rate
                 group["lr"] = cfg.sft_lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / cfg.sft_steps)))
             # This step's images from (seed, rank, step) alone: ranks differ, --resume needs no RNG state.
-            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank + 17)
+            g = config.generator("sft/draw", cfg.seed, step, rank)
             hr, lr = pool.pairs(cfg.sft_batch, cfg.crop, g, functools.partial(draw_strength, cfg, g))
             loss = policy.sft_loss(hr.to(dev), lr.to(dev))
             opt.zero_grad(set_to_none=True)

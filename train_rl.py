@@ -38,7 +38,8 @@ import sft
 from curriculum import Schedule, rm_difficulty
 from metrics import label_map, psnr_y
 from policy import load_policy, save_policy
-from rm import freeze, fuse, load_rm, reward, rm_losses
+from rewards import make_source
+from rm import freeze, load_rm, rm_losses
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Config:
     sft_only: bool = False  # stop after the SFT warm start
     rm_dir: str = "out/rm"  # train_rm.py's out_dir: rm_stage0 … rm_stageN
     algo: str = "pg"  # pg (policy gradient with map-based local penalties) | refl (the paper's)
+    reward: str = "rm"  # rm (RM stages, the method) | gold (the toy world's oracle) | placebo (rewards.py)
     curriculum: str = "ccl"  # ccl | none (RM_N throughout) | global (RM_0 throughout)
     switch: str = "fixed"  # fixed (at fractions of the run) | plateau (when the reward's average stalls)
     blend: int = 10  # steps of linear blend between consecutive RM stages
@@ -77,13 +79,18 @@ class Config:
     batch: int = 2  # LR images per step
     group: int = 4  # G samples per LR image (same LR, different noise): the advantage baseline
     sample_steps: int = 8  # K DDIM steps per rollout (Flow-GRPO trains with 10; 8 is cheaper on CPU)
-    train_fraction: float = 0.5  # share of the K steps each update trains on, drawn at random (DDPO's
+    train_fraction: float = 0.5  # share of the trainable steps each update trains on, drawn at random (DDPO's
     # timestep_fraction): the update costs a forward+backward per trained step, 3× a sampling step
+    # σ floor (method.md "What makes RL work here"): a step whose std is below it is never trained. The last
+    # DDIM step has σ ≈ 0.010 (≈ 0.2/255 in the image): no reward can depend on that noise, yet its (ε/σ)·∇μ
+    # term had 96 % of the update's gradient norm (measured: 5.42 vs 0.11 for the next step, K = 8) and made
+    # the update a random walk. 0.05 in residual units is ≈ 1/255 in the image; the next-smallest σ is 0.35.
+    sigma_min: float = 0.05
     eta: float = 1.0  # DDIM eta: 1 = every step a full Gaussian (DDPO's choice)
     lr: float = 1e-4  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA); 3e-5 barely moved it in 100 steps
     grad_clip: float = 1.0  # global grad-norm clip
     adv_clip: float = 5.0  # advantages clipped to ±5 (DDPO)
-    ppo_clip: float = 1e-4  # PPO ratio clip (DDPO); active only when ppo_epochs > 1 (ratio = 1 at θ_old)
+    ppo_clip: float = 1e-4  # PPO clip of the per-sample ratio (DDPO); binds only when ppo_epochs > 1
     ppo_epochs: int = 1  # updates per rollout: > 1 steps the optimiser between passes over the trajectory
     micro_batch: int = 0  # log-prob recompute in chunks of this many samples (0 = all B·G): bounds memory
     lam_px: float = 0.5  # λ_px: weight of the map-based local penalty in the per-pixel advantage
@@ -146,14 +153,12 @@ def load_rms(rm_dir: str, dev) -> list:
 
 
 @torch.no_grad()
-def score_all(rms, sr, cfg, need) -> tuple[dict, dict]:
-    """Rewards (B,) and maps (B,1,H,W) of the stages in `need`, without gradient (pg, and logging).
-    One RM forward per stage: the fused reward is assembled from the same score and map (rm.fuse)."""
+def score_all(source, sr, hr, step, need) -> tuple[dict, dict]:
+    """Rewards (B,) and maps (B,1,H,W) or None of the source's stages in `need`, without gradient (pg).
+    One forward per stage: a fused RM reward is assembled from the same score and map (rewards.rm_stage)."""
     rewards, maps = {}, {}
     for s in sorted(need):
-        score, dmap = rms[s](sr)
-        rewards[s] = fuse(score, dmap, cfg.fused, cfg.lam1, cfg.lam2)  # stage 0: its score alone
-        maps[s] = dmap
+        rewards[s], maps[s] = source.stages[s](sr, hr, step)
     return rewards, maps
 
 
@@ -187,64 +192,97 @@ def local_penalty(M: torch.Tensor, G: int) -> torch.Tensor:
     return (-dev / (scale + 1e-6)).view_as(M)
 
 
-def pixel_advantages(r, M, G, lam_px, clip, size):
-    """A_i(p) = clip(A_i + λ_px · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W).
+def pixel_advantages(r, M, w_map, G, lam_px, clip, size):
+    """A_i(p) = clip(A_i + λ_px · w_map · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W).
 
-    `size` is the log-prob's: the image size in pixel space; in latent space (an LDM policy) 1/4 of it, where
-    the map is averaged over each latent pixel's 4×4 image patch (an exact patch mean; identity at 1:1)."""
+    w_map is the curriculum weight of the stages that have a map (1 once the curriculum is at a map-giving
+    stage, 0.1 one step into the blend from RM_0): D is normalised per group, so without w_map a map blended
+    in at weight 0.1 would act at full strength. `size` is the log-prob's: the image size in pixel space; in
+    latent space (an LDM policy) 1/4 of it, where the map is averaged over each latent pixel's 4×4 patch."""
     A = group_advantages(r, G, clip).view(-1, 1, 1, 1)
-    if M is None or lam_px == 0:
+    if M is None or lam_px == 0 or w_map == 0:
         return A.expand(-1, 1, *size)
     D = local_penalty(M, G)
     if D.shape[-2:] != tuple(size):
         D = F.adaptive_avg_pool2d(D, size)
-    return (A + lam_px * D).clamp(-clip, clip)
+    return (A + lam_px * w_map * D).clamp(-clip, clip)
 
 
 def ppo_loss(logp, logp_old, adv, clip):
-    """Per-pixel PPO-clip surrogate, averaged over pixels: −mean(min(ρ·A, clip(ρ, 1±ε)·A)), ρ = e^(logp−old).
-    At θ = θ_old, ρ = 1 and this is −mean(A·logp) in value and gradient: the plain policy gradient."""
-    ratio = torch.exp(logp - logp_old)
-    surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-    return -surr.mean(), ratio
+    """PPO-clip with a per-sample ratio and per-pixel advantages. Returns (loss, ρ per sample).
+
+    ρ_i = exp(mean over pixels of (logp − logp_old)): DDPO's ratio of the pixel-averaged log-prob. As in PPO,
+    a sample whose ρ_i has left [1 − ε, 1 + ε] in the direction a pixel's advantage pushes it stops
+    contributing that pixel's gradient; every other pixel contributes A(p)·∇ρ(p), so the local advantages
+    keep their per-pixel weight. At θ = θ_old nothing is clipped and this is −mean(A·logp) in gradient."""
+    log_ratio = logp - logp_old
+    rho = torch.exp(log_ratio.flatten(1).mean(1)).view(-1, *[1] * (logp.dim() - 1))  # (B, 1, 1, 1)
+    out = torch.where(adv > 0, rho > 1 + clip, rho < 1 - clip)  # clipped (sample, pixel) pairs
+    surr = torch.exp(log_ratio) * adv  # per pixel; value ρ(p)·A(p), gradient A(p)·∇ρ(p)
+    return -torch.where(out, surr.detach(), surr).mean(), rho.flatten()
 
 
-def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
+def trained_steps(std: tuple, sigma_min: float, fraction: float, g: torch.Generator) -> list:
+    """The trajectory indices one update trains on: a random `fraction` (at least one) of the steps whose std
+    is at least sigma_min (Config.sigma_min says why the tiny last step is never trained), sorted."""
+    ok = [k for k, s in enumerate(std) if s >= sigma_min]
+    if not ok:
+        raise ValueError(f"no DDIM step has std ≥ sigma_min={sigma_min}; raise --eta or lower --sigma_min")
+    n = max(1, math.ceil(fraction * len(ok)))
+    return sorted(ok[i] for i in torch.randperm(len(ok), generator=g)[:n].tolist())
+
+
+def step_grad_norms(policy, traj, lr_g, adv, n: int) -> list:
+    """‖∇ of each step's surrogate −mean(A·logp_k)‖ for every k, trained or not, on the first n samples
+    (autograd.grad: .grad stays untouched). Logged once per run (grad_share): the σ floor's effect, visible."""
+    params = [p for p in policy.unet.parameters() if p.requires_grad]
+    norms = []
+    lr_g, adv = lr_g[:n], adv[:n]
+    for k in range(traj.logprob.shape[0]):
+        logp = policy.step_logprob(traj.x[k][:n], traj.x[k + 1][:n], traj.t[k], lr_g, traj.steps, traj.eta)
+        grads = torch.autograd.grad(-(adv * logp).mean(), params)
+        norms.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
+    return norms
+
+
+def pg_step(policy, ref, source, sched, step, hr, lr, cfg, gen, inner_update=None, probe=False):
     """One policy-gradient update. Returns (loss, sr, stats) — stats are 0-dim tensors (synced when logged).
 
     The gradient of the last PPO epoch is left in .grad for the caller's optimiser step; with ppo_epochs > 1
     `inner_update()` (clip + optimiser step + zero_grad) runs between epochs, so later epochs see θ ≠ θ_old
-    and the per-pixel clip acts — one rollout, several updates (PPO)."""
+    and the per-sample clip acts — one rollout, several updates (PPO). probe: also the per-step gradient
+    norms of the first group (step_grad_norms), as stats["grad_share"]: a list, not a tensor."""
     if cfg.ppo_epochs > 1 and inner_update is None:  # the passes would pile up in .grad: a doubled step
         raise ValueError("pg_step: ppo_epochs > 1 needs inner_update (the optimiser step between passes)")
     G, weights = cfg.group, sched.at(step)
-    lr_g = lr.repeat_interleave(G, 0)  # G samples per LR image: same LR, different noise
+    lr_g, hr_g = lr.repeat_interleave(G, 0), hr.repeat_interleave(G, 0)  # G samples per LR: different noise
     sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)  # rollout, no grad
-    rewards, maps = score_all(rms, sr, cfg, {s for s, _ in weights} | {len(rms) - 1})
+    rewards, maps = score_all(source, sr, hr_g, step, {s for s, _ in weights})
     r = sum(w * rewards[s] for s, w in weights)
     if cfg.lam_lr > 0:  # LR consistency as a reward penalty: SR is a sample here, not differentiable
         r = r - cfg.lam_lr * lr_error(sr, lr_g)
     with_map = [(s, w) for s, w in weights if maps[s] is not None]
-    M = sum(w * maps[s] for s, w in with_map) if with_map else None  # blended map; none at stage 0
-    adv = pixel_advantages(r, M, G, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:]).detach()  # x's size
+    w_map = sum(w for _, w in with_map)  # the curriculum weight of the map-giving stages
+    M = sum(w * maps[s] for s, w in with_map) / w_map if with_map else None  # their blended map
+    adv = pixel_advantages(r, M, w_map, G, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:]).detach()
     # A group whose rewards (and maps) are all equal has A = D = 0: it contributes nothing. Count them.
     flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
     if M is not None:
         flat &= M.view(-1, G, M[0].numel()).std(1, unbiased=False).amax(1) < 1e-8
-    K = traj.logprob.shape[0]
-    n_train = max(1, math.ceil(cfg.train_fraction * K))
-    steps_trained = torch.randperm(K, generator=torch.Generator().manual_seed(step))[:n_train].sort().values
+    g_steps = config.generator("rl/steps", cfg.seed, step)  # which steps: from (seed, step), like all draws
+    steps_trained = trained_steps(traj.std, cfg.sigma_min, cfg.train_fraction, g_steps)
+    n_train = len(steps_trained)
     # The recompute runs in chunks of micro_batch samples (0 = all B·G at once): activation memory scales with
     # the chunk, the gradient does not change (each chunk's mean is weighted by its share of the batch).
     BG = lr_g.shape[0]
     mb = cfg.micro_batch if 0 < cfg.micro_batch < BG else BG
-    work = [(k, slice(c, c + mb)) for k in steps_trained.tolist() for c in range(0, BG, mb)]
+    work = [(k, slice(c, c + mb)) for k in steps_trained for c in range(0, BG, mb)]
     total = torch.zeros((), device=sr.device)
     for epoch in range(cfg.ppo_epochs):
         if epoch > 0 and inner_update is not None:
             inner_update()  # θ moves: from here on the ratios differ from 1 and the clip can bind
         # At θ_old (the first pass) the ratio is 1 in exact arithmetic; a kernel that rounds differently
-        # (bf16, another batch size) can move it by more than the tiny DDPO clip, and a clipped pixel would
+        # (bf16, another batch size) can move it by more than the tiny DDPO clip, and a clipped sample would
         # lose its gradient for nothing. So the first pass is the plain surrogate; later passes clip.
         clip = cfg.ppo_clip if epoch > 0 else math.inf
         for i, (k, c) in enumerate(work):  # loops over steps and chunks; never over single samples
@@ -253,7 +291,7 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
             with contextlib.nullcontext() if last else policy.no_sync():
                 x_t, x_prev, lr_c = traj.x[k][c], traj.x[k + 1][c], lr_g[c]
                 logp = policy.step_logprob(x_t, x_prev, traj.t[k], lr_c, traj.steps, traj.eta)
-                loss, ratio = ppo_loss(logp, traj.logprob[k][c], adv[c], clip)
+                loss, rho = ppo_loss(logp, traj.logprob[k][c], adv[c], clip)
                 if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
                     mean, std = policy.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)
                     with torch.no_grad():
@@ -268,12 +306,13 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
     stats = {
         "reward": r.mean(),
         "reward_std": r.std(),
-        "reward_final": rewards[len(rms) - 1].mean(),
         "approx_kl": 0.5 * (log_ratio**2).mean(),
-        "clip_frac": ((ratio - 1).abs() > cfg.ppo_clip).float().mean(),  # binds in passes after the first
+        "clip_frac": ((rho - 1).abs() > cfg.ppo_clip).float().mean(),  # samples; binds after the first pass
         "flat_groups": flat.sum().float(),
         **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards},
     }
+    if probe:
+        stats["grad_share"] = list(zip(step_grad_norms(policy, traj, lr_g, adv, G), traj.std))
     return total, sr, stats
 
 
@@ -281,37 +320,25 @@ def pg_step(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update=None):
 # ReFL (method.md §4): the paper's algorithm
 
 
-def refl_step(policy, rms, sched, step, hr, lr, cfg, gen):
+def refl_step(policy, source, sched, step, hr, lr, cfg, gen):
     """One ReFL update: no-grad sampling to a random late step, one step with grad, reward of its x0."""
     K = cfg.sample_steps
-    stop = int(
-        torch.randint(
-            max(0, K - cfg.refl_last),
-            K,
-            (),
-            generator=torch.Generator().manual_seed(cfg.seed * 100003 + step),
-        )
-    )
+    g = config.generator("rl/refl_stop", cfg.seed, step)
+    stop = int(torch.randint(max(0, K - cfg.refl_last), K, (), generator=g))
     sr = policy.refl_sample(lr, K, stop, cfg.eta, gen)  # differentiable w.r.t. the UNet
     weights = sched.at(step)
-    r = sum(w * reward(rms[s], sr, cfg.fused, cfg.lam1, cfg.lam2) for s, w in weights)
+    r = sum(w * source.stages[s](sr, hr, step)[0] for s, w in weights)
     loss = cfg.refl_scale * F.relu(cfg.refl_c - r).mean()  # relu(c − r): push the reward up until c
     if cfg.lam_sft_refl > 0:
         loss = loss + cfg.lam_sft_refl * policy.sft_loss(hr, lr)
     if cfg.lam_lr > 0:
         loss = loss + cfg.lam_lr * lr_error(sr, lr).mean()
     loss.backward()
-    with torch.no_grad():
-        final = rms[-1](sr.detach())[0]
+    r = r.detach()
     return (
         loss,
         sr.detach(),
-        {
-            "reward": r.detach().mean(),
-            "reward_std": r.detach().std(unbiased=False),
-            "reward_final": final.mean(),
-            "reward_var": r.detach().var(unbiased=False),
-        },
+        {"reward": r.mean(), "reward_std": r.std(unbiased=False), "reward_var": r.var(unbiased=False)},
     )
 
 
@@ -349,31 +376,39 @@ def coevolve(rms, k, policy, pool, cfg, g, dev):
 def draw(pool, step: int, cfg, rank: int, dev):
     """This step's (HR, LR) batch and rollout-noise generator, from (seed, rank, step) alone: every rank draws
     different images, and --resume continues the exact streams without storing any generator state."""
-    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 8191 + rank)
+    g = config.generator("rl/draw", cfg.seed, step, rank)
     hr, lr = pool.pairs(cfg.batch, cfg.crop, g, functools.partial(sft.draw_strength, cfg, g))  # on the CPU
-    gen = torch.Generator(device=dev).manual_seed((cfg.seed * 1_000_003 + step) * 131 + rank)
+    gen = config.generator("rl/noise", cfg.seed, step, rank, device=dev)
     return hr.to(dev), lr.to(dev), gen
 
 
-def rl_update(policy, ref, rms, sched, opt, hr, lr, gen, step, cfg, inner_update=None, pg_fn=None, log=True):
+def rl_update(
+    policy, ref, source, rms, sched, opt, hr, lr, gen, step, cfg, inner_update=None, pg_fn=None, log=True,
+    probe=False,
+):  # fmt: skip
     """One RL iteration up to the optimiser step: zero_grad → pg_step / refl_step → gradient clip → the
-    step's numbers (with `log`, also the gold judge and PSNR of the samples against HR, a label-map forward
-    each), averaged over ranks in one all-reduce so every rank takes the same decisions after it (the NaN
-    skip, a plateau switch). Returns 0-dim tensors; the gradient is left in .grad. bench.py times exactly
-    this function (pg_fn: its un-batched baseline)."""
+    step's numbers (with `log`, also the judges of the samples: RM_N's score `reward_final`, comparable
+    across the run and across reward sources, and the gold judge and PSNR against HR), averaged over ranks in
+    one all-reduce so every rank takes the same decisions after it (the NaN skip, a plateau switch). Returns
+    0-dim tensors (and, with `probe`, the list grad_share); the gradient is left in .grad. bench.py times
+    exactly this function (pg_fn: its un-batched baseline)."""
     opt.zero_grad(set_to_none=True)
     if cfg.algo == "pg":
-        loss, sr, stats = (pg_fn or pg_step)(policy, ref, rms, sched, step, hr, lr, cfg, gen, inner_update)
+        step_fn = pg_fn or pg_step
+        loss, sr, stats = step_fn(policy, ref, source, sched, step, hr, lr, cfg, gen, inner_update, probe)
         hr_eval = hr.repeat_interleave(cfg.group, 0)  # G samples per HR image
     else:
-        loss, sr, stats = refl_step(policy, rms, sched, step, hr, lr, cfg, gen)
+        loss, sr, stats = refl_step(policy, source, sched, step, hr, lr, cfg, gen)
         hr_eval = hr
     gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
+    share = stats.pop("grad_share", None)
     stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
     if log:  # only on logged steps: with a network φ the gold map is a full forward
         with torch.no_grad():
+            stats["reward_final"] = rms[-1](sr)[0].mean()
             stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
-    return config.mean_over_ranks(stats)
+    stats = config.mean_over_ranks(stats)
+    return stats if share is None else {**stats, "grad_share": share}
 
 
 def summary(path: str) -> dict:
@@ -395,6 +430,10 @@ def main(cfg: Config) -> str:
         raise config.ConfigError(f"--algo={cfg.algo} unknown; use pg or refl")
     if cfg.ppo_epochs < 1 or cfg.micro_batch < 0:
         raise config.ConfigError("--ppo_epochs must be ≥ 1 and --micro_batch ≥ 0 (0 = the whole batch)")
+    if cfg.coevolve and cfg.reward != "rm":
+        raise config.ConfigError(
+            f"--coevolve refreshes reward models: it needs --reward=rm, not {cfg.reward}"
+        )
     dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
     config.amp_dtype(cfg.amp)  # validate the flag before any work
     config.fast_math(dev, cfg.tf32)
@@ -417,8 +456,12 @@ def main(cfg: Config) -> str:
     if cfg.sft_only:
         log.close()
         return cfg.out_dir
+    # The reward source (rewards.py) gives the reward; RM_N is also the judge logged as reward_final in every
+    # run, whatever its source, so the curves of all arms compare.
     rms = load_rms(cfg.rm_dir, dev)
-    N = len(rms) - 1
+    source = make_source(cfg.reward, rms, cfg)
+    # The policy samples with the K and eta RL trains it with: saved in policy.json, upscale()'s defaults.
+    policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta
     # The KL anchor: a frozen copy of the starting policy (from disk: rank 0 wrote it before the barrier),
     # loaded only when it is used.
     start_dir = cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft")
@@ -428,9 +471,9 @@ def main(cfg: Config) -> str:
     policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
     policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
     # The global RNG (sft_loss's timesteps and noise: ReFL's regulariser, pg's lam_sft) differs per rank.
-    torch.manual_seed(cfg.seed * 1_000_003 + 7 + rank)
+    torch.manual_seed(config.seed("rl/global", cfg.seed, rank))
 
-    sched = Schedule(cfg.curriculum, N, cfg.steps, blend=cfg.blend, switch=cfg.switch)
+    sched = Schedule(cfg.curriculum, source.n_stages, cfg.steps, blend=cfg.blend, switch=cfg.switch)
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
     state_path, start, nan_streak = os.path.join(cfg.out_dir, "state.pt"), 0, 0
     if cfg.resume and os.path.exists(state_path):
@@ -478,12 +521,27 @@ def main(cfg: Config) -> str:
                     save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
                 if cfg.coevolve:  # rank 0 refreshes RM_k (no collectives inside), then every rank gets it
                     if main_rank:
-                        g_co = torch.Generator().manual_seed(cfg.seed * 7919 + stage * 104729)
+                        g_co = config.generator("rl/coevolve", cfg.seed, stage)
                         rms[stage] = coevolve(rms, stage, policy, pool, cfg, g_co, dev)
                     rms[stage] = config.broadcast_module(rms[stage])
+                    source = make_source(cfg.reward, rms, cfg)
             hr, lr, gen = draw(pool, step, cfg, rank, dev)
             logged = step % cfg.log_every == 0 or step == cfg.steps - 1
-            stats = rl_update(policy, ref, rms, sched, opt, hr, lr, gen, step, cfg, update, log=logged)
+            probe = step == 0 and cfg.algo == "pg"  # once per run: each DDIM step's share of the gradient
+            stats = rl_update(
+                policy, ref, source, rms, sched, opt, hr, lr, gen, step, cfg, update, log=logged, probe=probe
+            )
+            share = stats.pop("grad_share", None)  # [(gradient norm, σ) per DDIM step] on the probe step
+            if share:
+                share = [(n / sum(n for n, _ in share), sd) for n, sd in share]
+                if main_rank:
+                    print(
+                        "gradient-norm share per DDIM step (its σ; * = below the floor, never trained): "
+                        + "  ".join(
+                            f"{n:.3f} ({sd:.2f}{'*' if sd < cfg.sigma_min else ''})" for n, sd in share
+                        )
+                    )
+
             # The host sync of the step (plus one per extra PPO pass): is it finite? (and the log row)
             if not (torch.isfinite(stats["loss"]) and torch.isfinite(stats["grad_norm"])):
                 nan_streak += 1
@@ -504,6 +562,11 @@ def main(cfg: Config) -> str:
                     "blend": w[-1][1],
                     "weights": w,
                     **{k: float(v) for k, v in stats.items()},
+                    **(
+                        {"grad_share": [n for n, _ in share], "step_std": [sd for _, sd in share]}
+                        if share
+                        else {}
+                    ),
                 }
                 log.write(json.dumps(row) + "\n")
                 log.flush()

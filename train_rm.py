@@ -90,7 +90,7 @@ PRESETS = {
 def make_val_set(cfg_data: str, n: int, crop: int, seed: int) -> dict:
     """The fixed held-out set: FGR triplets at the curriculum's middle difficulty from held-out photos, their
     clean bicubic ×4 upsamples, and clean images with one small (≤ 5 % area) artifact pasted in."""
-    g = torch.Generator().manual_seed(seed + 1000)  # its own stream: independent of the training draws
+    g = config.generator("rm/val", seed)  # its own stream: independent of the training draws
     pool = data.load_pool(cfg_data, "val" if cfg_data == "builtin" else "train", crop)
     v = data.fgr_batch(pool, n, crop, val_difficulty(), g)
     v["bicubic"] = data.upsample(data.degrade(v["gt"], 0.0))  # the classical protocol's LR, ×4 back up
@@ -247,7 +247,7 @@ def main(cfg: Config) -> str:
                 group["lr"] = cfg.lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / n_steps)))
             # This step's triplets from (seed, stage, step, rank) alone: every rank draws different data, and
             # --resume continues the same streams without any stored generator state.
-            g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + stage) * 100_003 + step) * 8191 + rank)
+            g = config.generator("rm/draw", cfg.seed, stage, step, rank)
             batch = data.fgr_batch(
                 pool, cfg.batch, cfg.crop, diff, g, hooks, dev, p_classical=cfg.p_classical
             )

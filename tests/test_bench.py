@@ -13,6 +13,7 @@ import bench
 import train_rl
 from curriculum import Schedule
 from policy import PolicyConfig, make_policy
+from rewards import make_source
 from rm import RMConfig, freeze, make_rm
 
 # Tiny shapes: HR 32² (LR 8²), B = 1 LR image, G = 2 samples, K = 2 DDIM steps, one timed step of each kind.
@@ -95,7 +96,9 @@ def test_naive_step_does_pg_steps_maths(tiny, monkeypatch):
     lr = torch.nn.functional.avg_pool2d(hr, 4)
     lr_g = lr.repeat_interleave(rl.group, 0)
     gen = torch.Generator().manual_seed(0)
-    sr, traj, rewards, maps = bench.naive_rollout(policy, rms, lr_g, {3}, rl, gen)
+    source = make_source("rm", rms, rl)
+    hr_g = hr.repeat_interleave(rl.group, 0)
+    sr, traj, rewards, maps = bench.naive_rollout(policy, source, lr_g, hr_g, {3}, rl, gen, 5)
     assert traj.x.shape == (4, 3, 3, 32, 32) and traj.logprob.shape == (3, 3, 3, 32, 32)
     # Sampled one at a time, log-probed as a batch: the same Gaussian densities (GroupNorm is per sample).
     # Tolerance: batch 1 and batch 3 run different conv kernels, ~1e-7 apart in the mean; log N(x; μ, σ²)
@@ -104,17 +107,17 @@ def test_naive_step_does_pg_steps_maths(tiny, monkeypatch):
         logp = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr_g, traj.steps, traj.eta)
         torch.testing.assert_close(logp, traj.logprob[k], rtol=1e-4, atol=3e-3)
     # Scored one at a time = scored as a batch.
-    batched, _ = train_rl.score_all(rms, sr, rl, {3})
+    batched, _ = train_rl.score_all(source, sr, hr_g, 5, {3})
     torch.testing.assert_close(rewards[3], batched[3], rtol=1e-5, atol=1e-6)
 
     # The update: pg_step on this very rollout (its sampler patched to return it) against naive_update.
     monkeypatch.setattr(policy, "sample", lambda *a, **k: (sr, traj))
     policy.zero_grad(set_to_none=True)
-    _, _, stats = train_rl.pg_step(policy, None, rms, sched, 5, hr, lr, rl, gen)
+    _, _, stats = train_rl.pg_step(policy, None, source, sched, 5, hr, lr, rl, gen)
     ours = [p.grad.clone() for p in policy.unet.parameters()]
     assert float(stats["approx_kl"]) < 1e-6  # ratio ≈ 1: the stored log-probs are the recomputed ones
     r = rewards[3]
-    adv = train_rl.pixel_advantages(r, maps[3], rl.group, rl.lam_px, rl.adv_clip, sr.shape[-2:]).detach()
+    adv = train_rl.pixel_advantages(r, maps[3], 1.0, rl.group, rl.lam_px, rl.adv_clip, sr.shape[-2:]).detach()
     policy.zero_grad(set_to_none=True)
     bench.naive_update(policy, traj, lr_g, adv, 5, rl)
     naive = [p.grad for p in policy.unet.parameters()]
@@ -134,7 +137,7 @@ def test_naive_pg_step_runs_the_whole_step(tiny):
     lr = torch.nn.functional.avg_pool2d(hr, 4)
     policy.zero_grad(set_to_none=True)
     loss, sr, stats = bench.naive_pg_step(
-        policy, None, rms, sched, 0, hr, lr, rl, torch.Generator().manual_seed(1)
+        policy, None, make_source("rm", rms, rl), sched, 0, hr, lr, rl, torch.Generator().manual_seed(1)
     )
     assert sr.shape == (3, 3, 32, 32) and torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in policy.unet.parameters())

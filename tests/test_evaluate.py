@@ -30,6 +30,7 @@ TINY = dict(
     rm_steps=(2, 2, 2, 2),
     rm_args="--widths=4,8,8,8 --crop=32 --batch=2 --val_n=4 --log_every=1",
     rl_args="--crop=32 --sft_batch=2 --batch=1 --group=2 --sample_steps=2 --unet_channels=8,16 --blend=1",
+    n_seeds=2,  # the smallest count with a standard error
 )
 
 
@@ -72,12 +73,38 @@ def test_instability_by_hand():
     )
 
 
-def test_direction_needs_both_noise_and_size():
-    assert evaluate.paired_t([2.0, 3, 4], [1.0, 1, 1]) == pytest.approx((2.0, 2.0 / (1 / math.sqrt(3))))
-    assert evaluate.direction(5.0, 0.5) == 1 and evaluate.direction(-5.0, -0.5) == -1
-    assert evaluate.direction(1.0, 0.5) == 0  # within noise
-    assert evaluate.direction(50.0, 0.01) == 0  # consistent but negligible
-    assert evaluate.direction(float("nan"), 1.0) == 0
+def test_noise_rule_over_seeds_by_hand():
+    # Seeds [1, 2, 3]: mean 2, sample std 1, SE 1/√3; against a fixed policy (SE 0) the difference's SE too.
+    m, se = evaluate.mean_se([1.0, 2.0, 3.0])
+    assert m == pytest.approx(2.0) and se == pytest.approx(1 / math.sqrt(3))
+    assert evaluate.mean_se([5.0], trained=False) == (5.0, 0.0)  # SFT / bicubic: no seed noise
+    assert math.isnan(evaluate.mean_se([5.0])[1])  # one trained seed: unknown SE
+    d, se = evaluate.compare([1.0, 2.0, 3.0], [0.5], b_trained=False)
+    assert d == pytest.approx(1.5) and se == pytest.approx(1 / math.sqrt(3))
+    d, se = evaluate.compare([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])  # SE² adds: 1/3 + 4/3
+    assert d == pytest.approx(-2.0) and se == pytest.approx(math.sqrt(5 / 3))
+    assert evaluate.outcome(1.2, 0.5) == "reproduced"  # > 2 SE
+    assert evaluate.outcome(-1.2, 0.5) == "not reproduced"
+    assert evaluate.outcome(0.9, 0.5) == "within noise"
+    assert evaluate.outcome(5.0, math.nan) == "within noise"  # one seed: no verdict either way
+
+
+def test_verdicts_by_hand():
+    r = {
+        "sft": {"gold": [0.20], "proxy0": [0.5]},
+        "placebo": {"gold": [0.21, 0.22, 0.20], "proxy0": [0.50, 0.51, 0.49]},
+        "global": {"gold": [0.23, 0.24, 0.22], "proxy0": [0.60, 0.61, 0.59]},  # proxy up, gold worse: hacking
+        "oracle_map": {"gold": [0.17, 0.18, 0.16]},
+    }
+    v = evaluate.verdicts(r, trained={"placebo", "global", "oracle_map"})
+    assert v["RL works: the oracle (gold map) beats SFT on gold"][0] == "reproduced"
+    assert v[evaluate.HACK_CLAIM][0] == "reproduced"
+    r["global"]["gold"] = [0.15, 0.16, 0.14]  # the proxy and gold both improve: no hacking
+    assert evaluate.verdicts(r, {"placebo", "global"})[evaluate.HACK_CLAIM][0] == "not reproduced"
+    r["global"]["proxy0"] = [0.50, 0.52, 0.48]  # the proxy did not move beyond noise
+    r["global"]["gold"] = [0.23, 0.24, 0.22]
+    assert evaluate.verdicts(r, {"placebo", "global"})[evaluate.HACK_CLAIM][0] == "within noise"
+    assert len(v) == 2  # claims whose arms did not run are not decided
 
 
 def test_run_once_reuses_only_finished_matching_fresh_runs(tmp_path):
@@ -130,24 +157,38 @@ def report(tmp_path_factory):
     return out
 
 
-def test_main_writes_report_and_figures(report):
-    for f in ("report.md", "curves.png", "samples.png", "rm_maps.png", "config.json"):
+def test_main_writes_report_results_and_figures(report):
+    for f in ("report.md", "results.json", "curves.png", "samples.png", "rm_maps.png", "config.json"):
         assert os.path.isfile(os.path.join(report, f)), f
+    arms = ("placebo", "global", "none", "ccl", "oracle_map")
     for run in (
         "sft/policy_sft",
         "rm/rm_stage3",
-        *(f"rl_pg_{c}_s0/policy_final" for c in evaluate.CURRICULA),
+        *(f"rl_pg_{a}_s{s}/policy_final" for a in arms for s in (0, 1)),
     ):
         assert os.path.isdir(os.path.join(report, "work", run)), run
+    # results.json, the contract: every RL arm has one value per seed, bicubic and SFT one; verdicts named
+    res = json.load(open(os.path.join(report, "results.json")))
+    assert res["n_seeds"] == 2 and res["wall_s"] > 0
+    assert set(res["arms"]) == {"bicubic", "sft", *arms}
+    for name, m in res["arms"].items():
+        for key in ("gold", "psnr", "ssim", "proxy0", "proxyN"):
+            assert len(m[key]) == (1 if name in ("bicubic", "sft") else 2), (name, key)
+    assert set(res["verdicts"].values()) <= {"reproduced", "not reproduced", "within noise"}
+    claims = res["verdicts"]
+    assert evaluate.HACK_CLAIM in claims and "RM_N + CCL beats the global reward on gold" in claims
+    assert "RL works: the oracle (gold map) beats SFT on gold" in claims
     text = open(os.path.join(report, "report.md")).read()
-    for arm in ("| SFT |", "| pg/global |", "| pg/none |", "| pg/ccl |", "| RM_0 |", "| RM_3 |", "skipped"):
+    for arm in ("| sft |", "| placebo |", "| oracle_map |", "| ccl |", "| RM_0 |", "| RM_3 |", "skipped"):
         assert arm in text, arm
-    assert text.count("reproduced") >= 3 and "![training curves](curves.png)" in text
-    # The arms were trained with the explicit budget, from the SFT policy, on the RM trained on its samples.
-    acfg = json.load(open(os.path.join(report, "work", "rl_pg_ccl_s0", "config.json")))
-    assert (
-        acfg["steps"] == 2 and acfg["init_policy"].endswith("sft/policy_sft") and acfg["curriculum"] == "ccl"
-    )
+    assert "![training curves](curves.png)" in text and "standard errors" in text
+    # The arms were trained with the explicit budget, from the SFT policy, on the RM trained on its samples;
+    # each reward source as ARMS says, and the policies record the K and eta they sample with.
+    acfg = json.load(open(os.path.join(report, "work", "rl_pg_oracle_map_s1", "config.json")))
+    assert acfg["steps"] == 2 and acfg["init_policy"].endswith("sft/policy_sft") and acfg["seed"] == 1
+    assert (acfg["reward"], acfg["curriculum"]) == ("gold", "none")
+    pol = json.load(open(os.path.join(report, "work", "rl_pg_ccl_s0", "policy_final", "policy.json")))
+    assert (pol["steps"], pol["eta"]) == (acfg["sample_steps"], acfg["eta"])
     rcfg = json.load(open(os.path.join(report, "work", "rm", "config.json")))
     assert rcfg["policy"].endswith("policy_sft") and rcfg["stage_steps"] == [2, 2, 2, 2]
 

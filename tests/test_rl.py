@@ -3,13 +3,16 @@ of both algorithms under all three curriculum modes (and the SFT phase) on tiny 
 
 import dataclasses
 import json
+import math
 import os
 
 import pytest
 import torch
 
+import rewards
 import train_rl
 import train_rm
+from metrics import label_map
 from policy import PolicyConfig, load_policy, make_policy
 from rm import RMConfig, freeze, make_rm
 
@@ -36,12 +39,15 @@ def test_local_penalty_and_pixel_advantages_by_hand():
     want = -torch.tensor([[[[0.2, -0.1]]], [[[-0.2, 0.1]]]]) / (0.15 + 1e-6)
     assert torch.allclose(D, want, atol=1e-5)
     # rewards 0.7, 0.5: A = ±1 (group z-score); A_i(p) = clip(A_i + 0.5 · D_i(p), ±5)
-    A = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), M, 2, 0.5, 5.0, (1, 2))
+    A = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), M, 1.0, 2, 0.5, 5.0, (1, 2))
     assert torch.allclose(A, torch.tensor([1.0, -1.0]).view(2, 1, 1, 1) + 0.5 * want, atol=1e-4)
-    A = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), M, 2, 50.0, 5.0, (1, 2))
+    A = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), M, 1.0, 2, 50.0, 5.0, (1, 2))
     assert A.abs().max() == 5.0  # clipped
+    # the blend weight of the map-giving stages scales D: 0.1 into a blend, a tenth of the local penalty
+    A = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), M, 0.1, 2, 0.5, 5.0, (1, 2))
+    assert torch.allclose(A, torch.tensor([1.0, -1.0]).view(2, 1, 1, 1) + 0.05 * want, atol=1e-4)
     # stage 0 (no map): λ_px terms vanish, A_i broadcast
-    A0 = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), None, 2, 0.5, 5.0, (1, 2))
+    A0 = train_rl.pixel_advantages(torch.tensor([0.7, 0.5]), None, 0.0, 2, 0.5, 5.0, (1, 2))
     assert torch.allclose(A0, torch.tensor([1.0, -1.0]).view(2, 1, 1, 1).expand(2, 1, 1, 2), atol=1e-4)
 
 
@@ -49,10 +55,59 @@ def test_ppo_loss_at_theta_old_equals_plain_surrogate():
     logp = torch.randn(2, 3, 4, 4, requires_grad=True)
     adv = torch.randn(2, 1, 4, 4)
     loss, ratio = train_rl.ppo_loss(logp, logp.detach(), adv, 1e-4)
-    assert torch.allclose(ratio, torch.ones_like(ratio))
+    assert ratio.shape == (2,) and torch.allclose(ratio, torch.ones_like(ratio))  # one ratio per sample
     (g1,) = torch.autograd.grad(loss, logp)
     (g2,) = torch.autograd.grad(-(adv * logp).mean(), logp)
     assert torch.allclose(loss, -adv.expand_as(logp).mean()) and torch.allclose(g1, g2)
+
+
+def test_ppo_clip_is_per_sample_and_keeps_per_pixel_advantages():
+    # Sample 0 moved up (mean log-ratio +0.1: ρ_0 = e^0.1 > 1 + ε), sample 1 did not move (ρ_1 = 1).
+    old = torch.zeros(2, 1, 1, 2)
+    shift = torch.tensor([[[[0.3, -0.1]]], [[[0.0, 0.0]]]])  # sample 0: +0.3 and −0.1, mean +0.1
+    logp = (old + shift).requires_grad_()
+    adv = torch.tensor([[[[1.0, -1.0]]], [[[2.0, -3.0]]]])
+    loss, rho = train_rl.ppo_loss(logp, old, adv, 0.05)
+    assert torch.allclose(rho, torch.tensor([0.1, 0.0]).exp())
+    (g,) = torch.autograd.grad(loss, logp)
+    # Sample 0's ratio left the band upwards: its positive-advantage pixel is clipped (no gradient), the
+    # negative one still pulls down — by its own advantage and its own ratio e^−0.1, not the sample's.
+    # Sample 1 is inside the band: the plain per-pixel gradient −A(p)·ρ(p)/n.
+    n = logp.numel()
+    want = -torch.tensor([[[[0.0, -1.0 * math.exp(-0.1)]]], [[[2.0, -3.0]]]]) / n
+    assert torch.allclose(g, want, atol=1e-6)
+
+
+def test_sigma_floor_never_trains_the_last_step():
+    # A hand case: the stds of K = 8 trailing DDIM steps (the measured ones); only the last is below 0.05.
+    std = (0.95, 0.93, 0.90, 0.84, 0.74, 0.58, 0.35, 0.010)
+    for seed in range(20):  # whatever the draw, the last step is never among the trained ones
+        ks = train_rl.trained_steps(std, 0.05, 0.5, torch.Generator().manual_seed(seed))
+        assert 7 not in ks and len(ks) == 4 and ks == sorted(ks)
+    assert train_rl.trained_steps(std, 0.05, 1.0, torch.Generator()) == list(range(7))
+    with pytest.raises(ValueError, match="sigma_min"):
+        train_rl.trained_steps((0.01,), 0.05, 0.5, torch.Generator())
+    # and a real trajectory reports a last-step std below the floor
+    pol = make_policy(PolicyConfig(block_out_channels=(8, 16)))
+    _, traj = pol.sample(torch.rand(1, 3, 8, 8), 8, 1.0, torch.Generator().manual_seed(0), return_traj=True)
+    assert len(traj.std) == 8 and traj.std[-1] < 0.05 < min(traj.std[:-1])
+
+
+def test_reward_sources():
+    cfg = train_rl.Config()
+    sr, hr = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    gold = rewards.make_source("gold", [], cfg)
+    score, dmap = gold.stages[1](sr, hr, 0)
+    M = label_map(sr, hr)
+    assert torch.allclose(score, 1 - M.mean((1, 2, 3))) and torch.equal(dmap, M)
+    assert gold.stages[0](sr, hr, 0)[1] is None and gold.n_stages == 1  # stage 0: the score alone
+    placebo = rewards.make_source("placebo", [], cfg)
+    a, m = placebo.stages[0](sr, hr, 3)
+    b, _ = placebo.stages[0](torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16), 3)  # other images
+    c, _ = placebo.stages[0](sr, hr, 4)  # another step
+    assert m is None and torch.equal(a, b) and not torch.equal(a, c) and ((a >= 0) & (a <= 1)).all()
+    with pytest.raises(SystemExit, match="--reward=x unknown"):
+        rewards.make_source("x", [], cfg)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +118,10 @@ def tiny(tmp_path_factory):
     for r in rms[1:]:  # break the zero-init of the map coupling so rewards depend on the maps
         torch.nn.init.normal_(r.map_stats.weight, std=1.0)
     return policy, rms
+
+
+def src(rms):
+    return rewards.make_source("rm", rms, train_rl.Config())
 
 
 def test_equal_rewards_and_maps_give_zero_gradient(tiny):
@@ -77,7 +136,8 @@ def test_equal_rewards_and_maps_give_zero_gradient(tiny):
     try:
         policy.zero_grad()
         sched = train_rl.Schedule("none", 3, 2)
-        _, _, stats = train_rl.pg_step(policy, None, rms, sched, 0, torch.rand(1, 3, 32, 32), lr, cfg, gen)
+        hr = torch.rand(1, 3, 32, 32)
+        _, _, stats = train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, gen)
     finally:
         del policy.sample
     grads = [p.grad for p in policy.unet.parameters() if p.grad is not None]
@@ -91,7 +151,7 @@ def test_refl_step_grads_into_unet_not_rm(tiny):
     sched = train_rl.Schedule("none", 3, 2)
     hr = torch.rand(2, 3, 32, 32)
     lr = torch.nn.functional.avg_pool2d(hr, 4)
-    loss, _, _ = train_rl.refl_step(policy, rms, sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
+    loss, _, _ = train_rl.refl_step(policy, src(rms), sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
     g = [p.grad for p in policy.unet.parameters()]
     assert all(x is not None and torch.isfinite(x).all() for x in g) and sum(x.abs().sum() for x in g) > 0
     assert all(p.grad is None for r in rms for p in r.parameters())
@@ -199,7 +259,7 @@ def test_ppo_epochs_step_between_passes_so_the_clip_binds(tiny):
         cfg = train_rl.Config(**{**base, "ppo_epochs": epochs, "ppo_clip": 1e-6})
         policy.zero_grad()
         gen = torch.Generator().manual_seed(1)
-        _, _, stats = train_rl.pg_step(policy, None, rms, sched, 0, hr, lr, cfg, gen, inner_update)
+        _, _, stats = train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, gen, inner_update)
         clip[epochs] = float(stats["clip_frac"])
     assert len(calls) == 1 and clip[1] == 0.0 and clip[2] > 0.0
 
@@ -232,7 +292,7 @@ def test_micro_batch_recompute_gives_the_same_gradient(tiny):
     for mb in (0, 1, 3):  # whole batch, one sample per chunk, uneven chunks (3 + 1)
         policy.zero_grad()
         cfg = train_rl.Config(**{**base, "batch": 2, "micro_batch": mb})
-        train_rl.pg_step(policy, None, rms, sched, 0, hr, lr, cfg, torch.Generator().manual_seed(3))
+        train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, torch.Generator().manual_seed(3))
         grads[mb] = torch.cat([p.grad.flatten() for p in policy.unet.parameters()])
     assert grads[0].abs().sum() > 0
     for mb in (1, 3):
@@ -245,6 +305,6 @@ def test_bad_ppo_settings_are_clear_errors(tiny, tmp_path):
     cfg = train_rl.Config(**{**base, "ppo_epochs": 2})
     lr, hr, sched = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32), train_rl.Schedule("none", 3, 2)
     with pytest.raises(ValueError, match="needs inner_update"):  # passes would pile up into a doubled step
-        train_rl.pg_step(policy, None, rms, sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
+        train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
     with pytest.raises(SystemExit, match="--ppo_epochs must be"):
         train_rl.main(train_rl.Config(**{**base, "ppo_epochs": 0, "out_dir": str(tmp_path)}))
