@@ -318,7 +318,7 @@ def loop_step(step_fn, policy, ref, source, rms, sched, opt, pool, step, rl, dev
     t.append(time.perf_counter())
     algo = "refl" if step_fn is train_rl.refl_step else "pg"
     pg_fn = step_fn if step_fn is not train_rl.pg_step and algo == "pg" else None  # the naive baseline
-    stats = train_rl.rl_update(
+    stats, _ = train_rl.rl_update(
         policy,
         ref,
         source,

@@ -18,10 +18,14 @@ leaves a half-written checkpoint where a good one was.
 
 import dataclasses
 import hashlib
+import inspect
+import io
 import json
 import os
 import shutil
 import sys
+import tokenize
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -56,14 +60,46 @@ def _convert(name: str, typ, text: str):
         raise ConfigError(f"--{name}={text} is not a valid {getattr(typ, '__name__', typ)}") from None
 
 
+def field_comments(cls) -> dict:
+    """{field: the comment on its line} from the dataclass's source (the Configs are self-documenting: every
+    knob has a one-line reason, and longer notes sit above it; --help prints the one-liners)."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):  # e.g. a class defined in a REPL
+        return {}
+    names, out, line_field = {f.name for f in dataclasses.fields(cls)}, {}, {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
+            line_field.setdefault(tok.start[0], tok.string)  # a field's definition starts this line
+        elif tok.type == tokenize.COMMENT and tok.start[0] in line_field:
+            out[line_field[tok.start[0]]] = tok.string.lstrip("#").strip()
+    return out
+
+
+def help_text(cls, presets: dict | None = None) -> str:
+    """--help: every knob with its default and its comment, then the presets."""
+    notes = field_comments(cls)
+    lines = [f"{cls.__module__}.py flags (--key=value; a bool also as --key):"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        lines.append(f"  --{f.name}={value}".ljust(34) + f"  {notes.get(f.name, '')}".rstrip())
+    if presets:
+        lines.append("  --preset=NAME".ljust(34) + f"  named defaults: {', '.join(presets)}")
+    return "\n".join(lines)
+
+
 def parse(cls, argv=None, presets=None, positional_ok: bool = False):
     """Build `cls` from `--key=value` flags (argv defaults to sys.argv[1:]).
 
     Returns the dataclass, or `(dataclass, positional_args)` when positional_ok (evaluate's subcommands
-    take image paths)."""
+    take image paths). --help / -h print help_text and exit 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     presets = presets or {}
+    if "--help" in argv or "-h" in argv:
+        print(help_text(cls, presets))
+        raise SystemExit(0)
     overrides, positional, preset = {}, [], None
     for arg in argv:
         if not arg.startswith("--"):
@@ -95,6 +131,33 @@ def parse(cls, argv=None, presets=None, positional_ok: bool = False):
     return (cfg, positional) if positional_ok else cfg
 
 
+def check(cfg, **rules) -> None:
+    """Validate flag values where they are parsed (a Config's __post_init__): rules name=(ok, allowed), ok a
+    predicate on the value; a failure: one line naming the flag, its value and what is allowed."""
+    for name, (ok, allowed) in rules.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            raise ConfigError(f"--{name}={shown} is not allowed: {allowed}")
+
+
+def at_least(n):  # a rule for check(): value ≥ n
+    return (lambda v: v >= n), f"use a value ≥ {n}"
+
+
+POSITIVE = ((lambda v: v > 0), "use a value > 0")
+FRACTION = ((lambda v: 0 < v <= 1), "use a value in (0, 1]")
+UNIT = ((lambda v: 0 <= v <= 1), "use a value in [0, 1]")
+
+
+def one_of(*values):  # a rule for check(): one of these values
+    return (lambda v: v in values), "use one of " + ", ".join(map(str, values))
+
+
+def multiple_of(n: int):  # a rule for check(): a positive multiple of n
+    return (lambda v: v > 0 and v % n == 0), f"use a positive multiple of {n}"
+
+
 def apply_preset(cfg, presets: dict, name: str):
     """In-process twin of --preset=NAME for tests and evaluate: returns a copy with the preset applied."""
     if name not in presets:
@@ -108,7 +171,13 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device={name} but CUDA is not available here; use --device=cpu or auto")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # e.g. --device=gpu0
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device={name} unknown; use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def fast_math(dev: torch.device, on: bool = True) -> None:
@@ -164,10 +233,72 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def save_config(cfg, out_dir: str) -> None:
-    """config.json: the exact knobs a run used (design.md), so it can be reproduced or compared."""
+def save_config(cfg, out_dir: str, script: str | None = None) -> None:
+    """config.json: the exact knobs a run used (design.md), so it can be reproduced or compared, and which
+    script made it ("_script"), so a run of another script is never overwritten by mistake."""
     os.makedirs(out_dir, exist_ok=True)
-    write_json(os.path.join(out_dir, "config.json"), dataclasses.asdict(cfg))
+    extra = {"_script": script} if script else {}
+    write_json(os.path.join(out_dir, "config.json"), {**dataclasses.asdict(cfg), **extra})
+
+
+# The knob that tells the scripts' config.json files apart when "_script" is missing (older runs).
+_SIGNATURE = {"stage_steps": "train_rm", "sft_steps": "train_rl", "arm_steps": "evaluate", "presets": "bench"}
+
+
+def run_script(out_dir: str) -> str | None:
+    """Which script's run `out_dir` holds (its config.json), or None for an empty or unreadable one."""
+    try:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return saved.get("_script") or next((v for k, v in _SIGNATURE.items() if k in saved), None)
+
+
+def resume_state(cfg) -> dict | None:
+    """out_dir/state.pt's contents (tensors, numbers, strings only) when --resume finds one; else None (and,
+    with --resume, a line saying the run starts fresh). An unreadable state is a one-line error."""
+    path = os.path.join(cfg.out_dir, "state.pt")
+    if not cfg.resume:
+        return None
+    if not os.path.isfile(path):
+        print(f"--resume: no state.pt in {cfg.out_dir}; starting fresh") if is_main() else None
+        return None
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # truncated, or not a state of ours: say which file, never a traceback
+        raise ConfigError(f"{path} is unreadable ({type(e).__name__}); delete it to start fresh") from None
+
+
+def open_log(cfg, script: str, keep=None):
+    """The run's metrics.jsonl, to be opened only once the run's inputs validated: a run that fails on its
+    inputs leaves a previous run in the same out_dir untouched. A dir holding another script's run is refused.
+    keep None: a fresh run (config.json and metrics.jsonl replaced). keep a predicate on rows: resuming; rows
+    it rejects (logged past the resumed step, e.g. before a kill -9) are dropped first, so every step appears
+    once. Ranks other than 0 log to os.devnull."""
+    if not is_main():
+        return open(os.devnull, "w")
+    other = run_script(cfg.out_dir)
+    if other and other != script:
+        raise ConfigError(
+            f"--out_dir={cfg.out_dir} holds a {other}.py run; give {script}.py another --out_dir"
+        )
+    save_config(cfg, cfg.out_dir, script)
+    path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if keep is None:
+        return open(path, "w")
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut off by a kill mid-write
+                    pass
+    with open(f"{path}.tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if keep(r))
+    os.replace(f"{path}.tmp", path)
+    return open(path, "a")
 
 
 def torch_save_atomic(obj, path: str) -> None:
@@ -198,6 +329,21 @@ def atomic_dir(path: str):
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def loading(path: str, fix: str):
+    """Around reading a checkpoint's weights: any failure (a truncated or foreign file, tensors whose shapes
+    do not match the JSON) becomes one line naming the directory and what to do."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else ""
+        raise ConfigError(
+            f"'{path}' could not be loaded ({type(e).__name__}: {msg}); remake it with `{fix}`"
+        ) from None
+
+
 def read_kind(path: str, want: str, fix: str) -> dict:
     """Read the JSON a checkpoint directory carries and check its `kind` ("rm" / "policy").
 
@@ -211,9 +357,13 @@ def read_kind(path: str, want: str, fix: str) -> dict:
         if not other and os.path.isfile(os.path.join(path, "model_index.json")):
             what = "a diffusers pipeline"  # e.g. an LDM SR model: a policy (load_policy), never an RM
         raise ConfigError(f"'{path}' is not a {want} checkpoint ({what}); make one with `{fix}`")
-    with open(meta) as f:
-        obj = json.load(f)
-    if obj.get("kind") != want:
+    try:
+        with open(meta) as f:
+            obj = json.load(f)
+    except ValueError as e:  # truncated or hand-edited
+        raise ConfigError(f"'{meta}' is not valid JSON ({e}); remake the checkpoint with `{fix}`") from None
+    if not isinstance(obj, dict) or obj.get("kind") != want:
+        obj = obj if isinstance(obj, dict) else {}
         raise ConfigError(f"'{path}' holds kind '{obj.get('kind')}', not '{want}'; make one with `{fix}`")
     return obj
 
@@ -289,3 +439,36 @@ def broadcast_module(module: torch.nn.Module) -> torch.nn.Module:
         for p in module.parameters():
             torch.distributed.broadcast(p.data, 0)
     return module
+
+
+# ----------------------------------------------------------------------------------------------------
+# One NaN/Inf policy for every loop (train_rm, SFT, RL): a non-finite step is skipped with a warning, and
+# NAN_STREAK of them in a row stop the run with a message that names the likely cause; weights that are not
+# finite are never saved (check_finite, called by save_rm and save_policy).
+
+NAN_STREAK = 10  # non-finite steps in a row that end a run
+
+
+class NanGuard:
+    def __init__(self, loop: str):
+        self.loop, self.streak = loop, 0
+
+    def ok(self, finite: bool, step: int, cause: str) -> bool:
+        """True if the step may be applied (`finite`: the host sync of the step). Skips with a warning; after
+        NAN_STREAK skips in a row, exits non-zero with `cause`."""
+        if finite:
+            self.streak = 0
+            return True
+        self.streak += 1
+        warnings.warn(f"{self.loop} step {step}: non-finite loss or gradient, update skipped", stacklevel=2)
+        if self.streak >= NAN_STREAK:
+            raise SystemExit(
+                f"error: {self.loop}: {NAN_STREAK} non-finite steps in a row (step {step}); {cause}"
+            )
+        return False
+
+
+def check_finite(module: torch.nn.Module, what: str, fix: str) -> None:
+    """A one-line error instead of writing a checkpoint with NaN/Inf weights (one host sync per save)."""
+    if not all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()):
+        raise SystemExit(f"error: {what} has non-finite weights; not saved. {fix}")

@@ -9,7 +9,15 @@ their finer maps can resolve them.
     rm_difficulty(3, 3)   # Difficulty(area=0.08, artifact=0.5, degrade=0.5)
 """
 
+import copy
+
+import torch
+
+import config
+import data
 from data import Difficulty
+from metrics import label_map
+from rm import freeze, rm_losses
 
 # [ours] The paper gives no numbers. The endpoints: RM_0 learns a global score, so its regions cover a third
 # of the image and artifacts are at full strength; RM_N localises, so regions shrink to ~8 % of the image
@@ -124,3 +132,66 @@ class Schedule:
 
     def load_state_dict(self, st: dict) -> None:
         self.starts, self.history = [int(s) for s in st["starts"]], [float(h) for h in st["history"]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Co-evolution (method.md §5, [ours, beyond the paper]): the reward model keeps learning from the policy.
+#
+# A frozen RM is graded on the zoo it was trained on, but RL is judged on what the policy paints, and a
+# policy under RL soon paints things no zoo had (method.md "The RM must see what RL paints"). So every
+# `every` RL steps the active RM stage takes a few AdamW steps on the current rollout itself — the policy's
+# samples in groups of G of one LR, labelled by the label function against HR (possible in training, where
+# HR is known): FGR triplets built from them plus L_group, the within-group ranking the advantage needs —
+# mixed with zoo triplets so it does not forget what it knew (cf. Adv-GRPO, which updates the reward model
+# with the generator). It works on copies: the RMs under --rm_dir are only read.
+
+
+class CoEvolution:
+    def __init__(self, rms: list, pool, cfg, dev):
+        self.rms = [copy.deepcopy(r) for r in rms]  # the live reward models; rms itself stays as it was
+        self.base = rms[0]  # S_base for L_align: the original, frozen RM_0
+        self.pool, self.cfg, self.dev = pool, cfg, dev
+        self.opts = {}  # one AdamW per stage, made when the stage is first refreshed
+
+    def _opt(self, stage: int):
+        if stage not in self.opts:
+            self.opts[stage] = torch.optim.AdamW(self.rms[stage].parameters(), lr=self.cfg.coevolve_lr)
+        return self.opts[stage]
+
+    def state_dict(self) -> dict:
+        """For --resume: every live stage's weights and the optimisers made so far (tensors and numbers)."""
+        return {
+            **{f"rm{k}": r.state_dict() for k, r in enumerate(self.rms)},
+            **{f"rm_opt{k}": o.state_dict() for k, o in self.opts.items()},
+        }
+
+    def load_state_dict(self, st: dict) -> None:
+        for k, r in enumerate(self.rms):
+            r.load_state_dict(st[f"rm{k}"])
+            if f"rm_opt{k}" in st:
+                self._opt(k).load_state_dict(st[f"rm_opt{k}"])
+
+    def due(self, step: int) -> bool:
+        """Is RL step `step` followed by a refresh? (every coevolve_every steps; ≤ 0 = never)"""
+        return self.cfg.coevolve_every > 0 and (step + 1) % self.cfg.coevolve_every == 0
+
+    def step(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
+        """Refresh RM_stage on the rollout of RL step `step`: sr (B·G, 3, H, W), each LR's G samples
+        adjacent, and hr matching (the caller rebuilds its reward from self.rms)."""
+        cfg = self.cfg
+        model = self.rms[stage].train().requires_grad_(True)
+        opt = self._opt(stage)
+        g = config.generator("rl/coevolve", cfg.seed, step)
+        dmap = label_map(sr, hr)
+        groups = {"sr": sr, "hr": hr, "dmap": dmap, "gold": 1 - dmap.mean((1, 2, 3)), "G": G}
+        diff = rm_difficulty(stage, len(self.rms) - 1)
+        for _ in range(cfg.coevolve_steps):
+            zoo = data.fgr_batch(self.pool, cfg.coevolve_zoo, hr.shape[-1], diff, g, device=self.dev)
+            batch = data.merge(zoo, data.group_triplets(groups, len(sr) // G, diff.area, g))
+            base = self.base if stage > 0 else None  # RM_0 is its own anchor
+            loss, _ = rm_losses(model, batch, base, lam_gold=1.0, lam_group=1.0 if G > 1 else 0.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        freeze(model)

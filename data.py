@@ -43,9 +43,11 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 def to_rgb_float(img: Image.Image) -> torch.Tensor:
     """Any Pillow image → (3, H, W) float RGB in [0, 1]. Grey, RGBA, palette and 16-bit are converted."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: rescale by the real bit depth
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grey: rescale by the bit depth
         a = np.asarray(img, dtype=np.float32)
-        a = a / (65535.0 if a.max() > 255 else 255.0)
+        # A 16-bit file is /65535 whatever its values (a dark image is still 16-bit); only the 32-bit modes
+        # ("I", "F": bit depth unknown) fall back to a guess from the range.
+        a = a / (65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0)
         a = np.repeat(a[..., None], 3, axis=2)
     else:
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -524,6 +526,64 @@ def _checker(hr, lr, s, g):  # checkerboard: the transposed-convolution artifact
     return hr + 0.25 * s * cb * (0.3 + _edges(hr))
 
 
+# What diffusion-RL policies paint when they hack a reward (method.md "The RM must see what RL paints"):
+# this project's own RL samples showed magenta/green per-pixel speckle and, in a collapsed arm, 2–4 px
+# blocks and checker-like grids; peer reports of Flow-GRPO/SRPO hacking name fine grids and colour shifts.
+# The makers above have none of these (their grain is luma-only, their colour error a smooth 4×4 field), so
+# an RM trained on them scored such samples above HR. Each has a strength s ∈ [0, 1] (per sample) and an
+# amplitude constant, the knob to make it subtler or stronger.
+SPECKLE, GRAIN, GRID, RING, SATURATE = 0.15, 0.12, 0.12, 3.0, 1.0
+
+
+def _pick_scale(x, g, sizes=(1, 2)):
+    """Per-sample choice among `sizes` (px), (B, 1, 1, 1) long: artifacts at 1 px and at 2–4 px."""
+    pick = torch.randint(len(sizes), (x.shape[0],), generator=g)
+    return torch.tensor(sizes)[pick].view(-1, 1, 1, 1).to(x.device)
+
+
+def _block_mean(x: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """x averaged over px×px blocks, per sample (px (B, 1, 1, 1) of 1, 2 or 4): piecewise constant."""
+    out = x
+    for p in (2, 4):
+        out = torch.where(px == p, F.interpolate(F.avg_pool2d(x, p), scale_factor=p, mode="nearest"), out)
+    return out
+
+
+def _speckle(hr, lr, s, g):  # per-pixel chroma speckle at 1–2 px: independent per channel, luma-neutral
+    px = _pick_scale(hr, g)
+    n = _block_mean(torch.randn(hr.shape, generator=g).to(hr), px) * px  # × px: unit std at any block size
+    return hr + SPECKLE * s * (n - n.mean(1, keepdim=True))  # minus the grey part: magenta/green, not luma
+
+
+def _grain(hr, lr, s, g):  # colour-channel grain: high-pass noise per channel, strongest off-edge
+    n = torch.randn(hr.shape, generator=g).to(hr)
+    n = n - _gauss(n, 0.8)
+    return hr + GRAIN * s * n * (1.2 - _edges(hr))
+
+
+def _grid(hr, lr, s, g):  # 2–4 px blocking with a checker-like grid: what a collapsed policy paints
+    px = _pick_scale(hr, g, (2, 4))
+    H, W = hr.shape[-2:]
+    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    ii, jj = ii.to(hr.device), jj.to(hr.device)
+    cb = ((ii // px + jj // px) % 2) * 2 - 1.0  # (B, 1, H, W): a checkerboard of px×px cells
+    return torch.lerp(hr, _block_mean(hr, px), s) + GRID * s * cb
+
+
+def _ringing(hr, lr, s, g):  # ringing: the Gibbs oscillation a hard low-pass leaves beside every edge
+    H, W = hr.shape[-2:]
+    fy = torch.fft.fftfreq(H, device=hr.device).abs().view(-1, 1)
+    fx = torch.fft.rfftfreq(W, device=hr.device).view(1, -1)
+    keep = ((fy**2 + fx**2).sqrt() < 0.18).to(hr)  # an ideal (brick-wall) low-pass: it rings
+    lp = torch.fft.irfft2(torch.fft.rfft2(hr) * keep, s=(H, W))
+    return hr + RING * s * (lp - _gauss(hr, 1.5))  # the oscillation itself, beyond a smooth low-pass
+
+
+def _saturate(hr, lr, s, g):  # over-saturation: colours pushed away from grey (a reward-hacking colour shift)
+    y = hr.mean(1, keepdim=True)
+    return y + (1 + SATURATE * s) * (hr - y)
+
+
 def _classical(mode):
     return lambda hr, lr, s, g: upsample(lr, mode)
 
@@ -537,6 +597,11 @@ ZOO = {
     "paint": _paint,
     "colour": _colour,
     "checker": _checker,
+    "speckle": _speckle,
+    "grain": _grain,
+    "grid": _grid,
+    "ringing": _ringing,
+    "saturate": _saturate,
 }
 
 
@@ -648,3 +713,27 @@ def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu", 
         "gold_syn": 1 - dmap_syn.mean((1, 2, 3)),
         "gold_sr": 1 - dmap_sr.mean((1, 2, 3)),
     }
+
+
+def group_triplets(groups: dict, n_groups: int, area: float, g: torch.Generator) -> dict:
+    """FGR triplets (fgr_batch's keys) whose I_SR are policy samples: n_groups random groups of `groups`
+    (train_rm.policy_groups: G samples of one LR each, with their HR, label maps and gold), pasted into HR
+    with random masks of mean `area`; "group" = G and "n_group" = n_groups · G tell rm.rm_losses where
+    L_group's groups are (the end of "sr")."""
+    G = groups["G"]
+    pick = torch.randperm(len(groups["sr"]) // G, generator=g)[:n_groups]
+    idx = (pick[:, None] * G + torch.arange(G)).flatten().to(groups["sr"].device)
+    hr, sr = groups["hr"][idx], groups["sr"][idx]
+    mask = random_masks(len(idx), hr.shape[-1], area, g).to(hr.device)
+    syn = mask * sr + (1 - mask) * hr  # I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT
+    dmap_syn = label_map(syn, hr)
+    return {
+        "gt": hr, "syn": syn, "sr": sr, "mask": mask, "dmap_syn": dmap_syn, "dmap_sr": groups["dmap"][idx],
+        "gold_gt": torch.ones(len(idx), device=hr.device), "gold_syn": 1 - dmap_syn.mean((1, 2, 3)),
+        "gold_sr": groups["gold"][idx], "group": G, "n_group": len(idx),
+    }  # fmt: skip
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Two triplet batches as one, b's entries last (L_group reads the end of "sr")."""
+    return {k: torch.cat([a[k], b[k]]) if isinstance(b[k], torch.Tensor) else b[k] for k in b}

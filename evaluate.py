@@ -68,10 +68,23 @@ class Config:
     # --- the user commands (apply.py)
     rm: str = ""  # score: an RM stage directory, e.g. out/eval/work/rm/rm_stage3
     policy: str = ""  # upscale: a policy directory, e.g. out/eval/work/rl_pg_ccl_s0/policy_final
-    tile: int = 0  # tile side in input pixels; 0 = 256 for score, 128 (LR px) for upscale; overlap = tile/8
+    tile: int = (
+        0  # tile side in input px; 0 = the RM's training crop (score), 128 LR px (upscale); overlap 1/8
+    )
     tile_batch: int = 8  # tiles per forward pass (bounds memory on large images)
     steps: int = 0  # upscale: DDIM steps K; 0 = the policy's own (the K it was trained to sample with)
     eta: float = -1.0  # upscale: DDIM eta; < 0 = the policy's own
+
+    def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
+        c = config
+        c.check(
+            self,
+            n_seeds=c.at_least(1), controls=c.one_of("default", "all"), algo=c.one_of("pg", "refl"),
+            arm_steps=c.at_least(1), sft_steps=c.at_least(0), eval_n=c.at_least(2),
+            eval_crop=c.multiple_of(16), eval_degrade=c.UNIT, eval_seeds=c.at_least(1), n_show=c.at_least(1),
+            tile=c.at_least(0), tile_batch=c.at_least(1), steps=c.at_least(0),
+            eta=((lambda v: v <= 1), "use a value ≤ 1 (< 0: the policy's own)"),
+        )  # fmt: skip
 
 
 PRESETS = {
@@ -87,7 +100,12 @@ ARMS = {
     "ccl": dict(reward="rm", curriculum="ccl"),  # RM_0 → … → RM_N: the method
     "oracle_map": dict(reward="gold", curriculum="none"),  # ceiling: gold score + gold map (toy world)
 }
-CONTROLS_ALL = {"oracle_score": dict(reward="gold", curriculum="global")}  # ceiling of a global reward
+# With --controls=all: the ceiling of a global reward, and CCL with online co-evolution (curriculum.py), which
+# does not fit the default's 20-minute CPU budget.
+CONTROLS_ALL = {
+    "oracle_score": dict(reward="gold", curriculum="global"),
+    "ccl_coevolve": dict(reward="rm", curriculum="ccl", coevolve=True),
+}
 K_SE = 2.0  # the noise rule [ours]: a difference counts when it exceeds K_SE standard errors over seeds
 # The claims (method.md §6 and "Controls first"): (claim, arm a, arm b, metric, sign). Holds when
 # sign · (a − b) > K_SE · SE; sign −1 for "lower is better" metrics (gold, tail std of reward_final).
@@ -98,6 +116,7 @@ CLAIMS = [
     ("No curriculum is less stable (tail std of reward_final)", "none", "ccl", "tail_std", 1),
     ("No curriculum ends worse on gold", "none", "ccl", "gold", 1),
     ("The map carries the signal: oracle_map beats oracle_score", "oracle_map", "oracle_score", "gold", -1),
+    ("Co-evolution helps: ccl_coevolve beats ccl on gold", "ccl_coevolve", "ccl", "gold", -1),
 ]  # fmt: skip
 HACK_CLAIM = "The global reward hacks: its proxy RM_0 rises above the placebo's, its gold does not improve"
 
@@ -119,7 +138,8 @@ def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
     done = os.path.isfile(final) and os.path.isfile(path)
     if done:
         with open(path) as f:
-            same = json.load(f) == want
+            saved = {k: v for k, v in json.load(f).items() if k != "_script"}  # config.save_config's tag
+        same = saved == want
         done = same and all(os.path.getmtime(final) >= os.path.getmtime(i) for i in inputs)
     if done:
         log.append((cfg.out_dir, "reused", 0.0))
@@ -339,6 +359,24 @@ def evaluate_arms(cfg, arms, rms, dev, iqa):
     return results, (hr, lr, shown)
 
 
+POLICY_TABLE = ("sft", "placebo", "global", "ccl", "ccl_coevolve")  # whose samples the RMs are checked on
+
+
+@torch.no_grad()
+def rm_on_policies(cfg, arms, rms, dev) -> list:
+    """Does the RM see what RL paints? For each policy of POLICY_TABLE (training seed 0) G = 4 samples of
+    every other held-out crop, and every RM stage's map AUROC against the gold map and within-group rank
+    correlation with gold (train_rm.policy_metrics; the global arm's policy is the hacked one)."""
+    hr, lr = eval_set(cfg)
+    rows, g = [], config.generator("eval/policy_groups", cfg.seed)
+    for name in (n for n in POLICY_TABLE if n in arms):
+        groups = train_rm.policy_groups(load_policy(arms[name][0][1], dev), hr[::2], lr[::2], 4, g)
+        rows += [
+            {"policy": name, "stage": k, **train_rm.policy_metrics(rm, groups)} for k, rm in enumerate(rms)
+        ]
+    return rows
+
+
 def verdicts(results: dict, trained: set) -> dict:
     """{claim: (outcome, difference, its SE)} for every claim whose arms ran (CLAIMS, HACK_CLAIM)."""
     out = {}
@@ -391,8 +429,8 @@ def arm_table(results: dict, extra: list) -> str:
 
 def rm_table(rows: list) -> str:
     keys = [k for k in rows[0] if k != "stage"]
-    body = [[f"RM_{r['stage']}"] + ["—" if r[k] is None else f"{r[k]:.3f}" for k in keys] for r in rows]
-    return md_table(["stage"] + keys, body)
+    f = lambda x: "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    return md_table(["stage"] + keys, [[f"RM_{r['stage']}"] + [f(r[k]) for k in keys] for r in rows])
 
 
 def image_grid(plt, titles: list, rows: list, path: str) -> None:
@@ -461,7 +499,7 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
     plt.close("all")
 
 
-def report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, runs, iqa_msg) -> str:
+def report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, pol_rows, runs, iqa_msg) -> str:
     """report.md, from the same numbers as results.json."""
     lines = [
         f"- **{c}: {o}** — difference {d:+.4g} ± {se:.2g} (SE over seeds)" for c, (o, d, se) in found.items()
@@ -498,6 +536,13 @@ tail std = std of reward_final over the last 20 % of RL steps. {iqa_msg}
 ## Reward-model stages (train_rm.validate on its held-out triplets)
 {rm_table(rm_rows)}
 
+## Reward models on what the policies paint (train_rm.policy_metrics)
+G = 4 samples of each of {cfg.eval_n // 2} held-out LR crops per policy (training seed 0): pol_auroc = the
+map's AUROC against the gold map (> 0.1), pol_rank = within-group rank correlation of the score with gold
+quality (what the RL advantage compares). The global arm's policy is the one that hacked RM_0.
+
+{rm_table(pol_rows)}
+
 ## Figures
 ![training curves](curves.png)
 
@@ -516,7 +561,12 @@ def main(cfg: Config) -> str:
         raise config.ConfigError(f"--data={cfg.data} is for `evaluate.py score` / `upscale`: it has no HR")
     dev = config.pick_device(cfg.device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    config.save_config(cfg, cfg.out_dir)
+    other = config.run_script(cfg.out_dir)
+    if other and other != "evaluate":
+        raise config.ConfigError(
+            f"--out_dir={cfg.out_dir} holds a {other}.py run; give evaluate another --out_dir"
+        )
+    config.save_config(cfg, cfg.out_dir, "evaluate")
     log = []
     rcfg, arms = train_all(cfg, log)
     t_train = time.time() - t0
@@ -527,11 +577,12 @@ def main(cfg: Config) -> str:
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
     val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
     rm_rows = [{"stage": k, **train_rm.validate(rm, val)} for k, rm in enumerate(rms)]
+    pol_rows = rm_on_policies(cfg, arms, rms, dev)
     figures(cfg, arms, rms, shown, val, cfg.out_dir)
     t_all = time.time() - t0
     table = arm_table(results, list(iqa or {}))
     runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}") for p, s, t in log]
-    text = report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, runs, iqa_msg)
+    text = report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, pol_rows, runs, iqa_msg)
     with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
         f.write(text)
     keys = ("gold", "psnr", "ssim", "proxy0", "proxyN", "gain", "tail_std")  # results.json: per seed
@@ -540,6 +591,7 @@ def main(cfg: Config) -> str:
         "n_seeds": cfg.n_seeds,
         "arms": {n: {k: res[k] for k in keys if k in res} for n, res in results.items()},
         "verdicts": {c: o for c, (o, _, _) in found.items()},
+        "rm_on_policies": pol_rows,
     }
     config.write_json(os.path.join(cfg.out_dir, "results.json"), out)
     print(table + "\n\n" + train_rm.format_table(rm_rows) + "\n")
@@ -556,7 +608,10 @@ def cli(argv=None):
     if args[0] not in ("score", "upscale"):
         raise config.ConfigError(f"unknown command '{args[0]}'; use score IMAGES --rm=DIR, upscale IMAGES "
                                  "--policy=DIR, or no command for the comparison")  # fmt: skip
-    return (score if args[0] == "score" else upscale)(cfg, args[1:])
+    try:
+        return (score if args[0] == "score" else upscale)(cfg, args[1:])
+    except KeyboardInterrupt:  # what was written stays written: one line, no traceback
+        raise SystemExit(f"interrupted: the images done so far are in {cfg.out_dir}") from None
 
 
 if __name__ == "__main__":

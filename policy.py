@@ -32,7 +32,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
 import ldm
-from config import ConfigError, atomic_dir, ddp, read_kind, write_json
+from config import ConfigError, atomic_dir, check_finite, ddp, loading, read_kind, write_json
 
 SCALE = 4  # the SR factor everywhere in this project (design.md: "Scale x4")
 
@@ -201,7 +201,7 @@ class Policy(nn.Module):
         return out.prev_sample, std, out.pred_original_sample
 
     @staticmethod
-    def _gaussian_logprob(x_prev, mean, std: float) -> torch.Tensor:
+    def gaussian_logprob(x_prev, mean, std: float) -> torch.Tensor:
         """log N(x_prev; mean, std^2) per element: -(x - mu)^2 / (2 s^2) - log s - log(2 pi) / 2."""
         return -((x_prev - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
 
@@ -233,7 +233,7 @@ class Policy(nn.Module):
         mean, std = self.step_stats(x_t, t, lr, steps, eta)
         if std <= 0:
             raise ValueError("log-probs need eta > 0: with eta = 0 DDIM is deterministic and has no density")
-        return self._gaussian_logprob(x_prev, mean, std)
+        return self.gaussian_logprob(x_prev, mean, std)
 
     # ------------------------------------------------------------------------------------------------
     # Sampling: the rollout (DDPO's "sample" phase), batched over B, a loop over the K steps only.
@@ -287,7 +287,7 @@ class Policy(nn.Module):
             mean, std, _ = self._stats(x, t, cond, eta)
             x = mean + std * self._noise(x.shape, generator, x)  # x_prev ~ N(mean, std^2): the action
             if return_traj:
-                logprobs.append(self._gaussian_logprob(x, mean, std))
+                logprobs.append(self.gaussian_logprob(x, mean, std))
                 xs.append(x)
                 stds.append(std)
         # x is x_0 in policy space (the scaled residual, or a VQ latent); decode turns it into the SR image.
@@ -406,6 +406,9 @@ POLICY_FIX = "python train_rl.py --sft_only"  # the command that makes a policy 
 def save_policy(policy: Policy, path: str) -> None:
     """Write <path>/{unet/, scheduler/, policy.json} atomically (temp dir, then rename); a latent policy also
     vqvae/ and model_index.json: an LDMSuperResolutionPipeline directory diffusers itself can load."""
+    check_finite(
+        policy.unet, f"the policy for {path}", "lower the learning rate"
+    )  # a NaN policy: never written
     with atomic_dir(path) as tmp:
         if policy.vqvae is not None:
             ldm.save_ldm(policy, tmp)
@@ -432,8 +435,9 @@ def load_policy(path: str, device=None) -> Policy:
     if meta.get("space") == "latent":
         return ldm.load_ldm(path, meta).to(device or "cpu").eval()
     fields = {f.name for f in dataclasses.fields(PolicyConfig)}
-    cfg = PolicyConfig(**{k: v for k, v in meta.items() if k in fields})
-    cfg.block_out_channels = tuple(cfg.block_out_channels)  # JSON turned the tuple into a list
-    unet = UNet2DModel.from_pretrained(os.path.join(path, "unet"))
-    scheduler = DDIMScheduler.from_pretrained(os.path.join(path, "scheduler"))
-    return Policy(cfg, unet, scheduler).to(device or "cpu").eval()
+    with loading(path, POLICY_FIX):  # a truncated safetensors or a mismatched config: one line
+        cfg = PolicyConfig(**{k: v for k, v in meta.items() if k in fields})
+        cfg.block_out_channels = tuple(cfg.block_out_channels)  # JSON turned the tuple into a list
+        unet = UNet2DModel.from_pretrained(os.path.join(path, "unet"))
+        scheduler = DDIMScheduler.from_pretrained(os.path.join(path, "scheduler"))
+        return Policy(cfg, unet, scheduler).to(device or "cpu").eval()

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from config import ConfigError, atomic_dir, read_kind, write_json
+from config import ConfigError, atomic_dir, check_finite, loading, read_kind, write_json
 from metrics import SCALES, texture_energy
 
 N_TEXTURE = 5 * len(SCALES)  # channels of metrics.texture_energy: 4 orientations + contrast per scale
@@ -228,6 +228,9 @@ def rank_loss(s_gt, s_syn, s_sr, m1: float = 0.05, m2: float = 0.05) -> torch.Te
     return (F.relu(m1 - (s_syn - s_sr)) + F.relu(m2 - (s_gt - s_syn))).mean()
 
 
+GROUP_SCORE = 20.0  # weight of L_group's score part beside its map part: gold gaps inside a group are ~0.01
+
+
 def map_loss(logits: torch.Tensor, target: torch.Tensor, bce: float = 0.25) -> torch.Tensor:
     """L_map = |M - M_gt|_1 (method.md §3) + bce · BCE, at the stage's native map resolution.
 
@@ -243,6 +246,37 @@ def map_loss(logits: torch.Tensor, target: torch.Tensor, bce: float = 0.25) -> t
     return l1 + bce * F.binary_cross_entropy_with_logits(logits, target)
 
 
+def group_deviation(M: torch.Tensor, G: int) -> torch.Tensor:
+    """(M_i − mean_j M_j) / (pixel-mean of std_j M_j + ε) over groups of G adjacent samples, (B·G, 1, H, W):
+    how much more degraded each pixel of a sample is than in the other samples of its group (the same LR),
+    in units of the group's typical spread. The RL local penalty is its negative (train_rl.local_penalty);
+    L_group (below) trains the map to get exactly this right."""
+    m = M.view(-1, G, *M.shape[1:])
+    dev = m - m.mean(1, keepdim=True)
+    scale = m.std(1, keepdim=True, unbiased=False).mean((2, 3, 4), keepdim=True)
+    return (dev / (scale + 1e-6)).view_as(M)
+
+
+def group_loss(score, logits, gold, target, G: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_group [ours] = (score part, map part) on policy samples in groups of G of one LR: the comparison RL's
+    advantage makes (method.md "The RM must see what RL paints"). Inside a group gold quality varies by only
+    ~0.01, so a model that ranks different images well can still rank these backwards.
+    score: for each pair with gold_i > gold_j, relu((gold_i − gold_j) − (S_i − S_j)): the score gap must be
+      at least the gold gap (L_gold puts S on gold's scale, so the margin is the gold gap itself, and pairs
+      whose gold hardly differs ask for hardly anything).
+    map: |D(M) − D(M_gt)| with D = group_deviation at the stage's native resolution: the per-pixel,
+      within-group deviations the local penalty reads. Both means over the batch."""
+    s, q = score.view(-1, G), gold.view(-1, G)
+    dq, ds = q[:, :, None] - q[:, None, :], s[:, :, None] - s[:, None, :]  # (groups, G, G) pairwise gaps
+    ordered = (dq > 0).to(s)
+    l_score = (F.relu(dq - ds) * ordered).sum() / ordered.sum().clamp_min(1)
+    if logits is None:  # RM_0: no map
+        return l_score, score.new_zeros(())
+    t = F.adaptive_avg_pool2d(target, logits.shape[-2:])
+    l_map = (group_deviation(torch.sigmoid(logits), G) - group_deviation(t, G)).abs().mean()
+    return l_score, l_map
+
+
 def rm_losses(
     model: FinPercepRM,
     batch: dict,
@@ -251,14 +285,17 @@ def rm_losses(
     lam_rank: float = 1.0,
     lam_align: float = 1.0,
     lam_gold: float = 0.0,
+    lam_group: float = 0.0,
     m1: float = 0.05,
     m2: float = 0.05,
     bce: float = 0.25,
 ):
-    """L = λ_map L_map + λ_rank L_rank + λ_align L_align (+ λ_gold L_gold, ours). Returns (total, parts).
+    """L = λ_map L_map + λ_rank L_rank + λ_align L_align (+ λ_gold L_gold + λ_group L_group, ours).
+    Returns (total, parts).
 
     batch: "gt", "syn", "sr" (B,3,H,W); "dmap_syn", "dmap_sr" (B,1,H,W) label maps in [0, 1]; optionally
-    "gold_gt", "gold_syn", "gold_sr" (B,) gold global quality in [0, 1] (e.g. 1 - mean(label map)).
+    "gold_gt", "gold_syn", "gold_sr" (B,) gold global quality in [0, 1] (e.g. 1 - mean(label map)), and
+    "group" = G when the last n·G entries of "sr" are policy samples in groups of G of one LR (L_group).
     base: the frozen RM_0 for L_align (None: no align term, e.g. when training RM_0 itself).
     parts: detached 0-dim tensors (no host sync here; call .item() once per logged step)."""
     gt, syn, sr = batch["gt"], batch["syn"], batch["sr"]
@@ -293,11 +330,21 @@ def rm_losses(
         raise ValueError("lam_gold > 0 but the batch has no gold_gt / gold_syn / gold_sr")
     bce_gold = [F.binary_cross_entropy_with_logits(z, g.to(z)) for z, g in golds]
     parts["gold"] = torch.stack(bce_gold).mean() if golds else zero
+    # L_group on the policy samples at the end of "sr" (group_loss); the map part is in z units of the
+    # group's spread, the score part in gold units (~0.01): GROUP_SCORE brings it to the same order.
+    G, n = batch.get("group", 0), batch.get("n_group", 0)
+    if lam_group > 0 and G and n:
+        lg = out["logits"][3 * B - n :] if out["logits"] is not None else None
+        ls, lm = group_loss(s_sr[-n:], lg, batch["gold_sr"][-n:], batch["dmap_sr"][-n:], G)
+        parts["group"] = GROUP_SCORE * ls + lm
+    else:
+        parts["group"] = zero
     total = (
         lam_map * parts["map"]
         + lam_rank * parts["rank"]
         + lam_align * parts["align"]
         + lam_gold * parts["gold"]
+        + lam_group * parts["group"]
     )
     parts = {name: v.detach() for name, v in parts.items()}
     parts["total"] = total.detach()
@@ -354,6 +401,7 @@ def fuse(score, dmap, fused=False, lam1=0.5, lam2=0.5, topk=0.01, tau=None) -> t
 def save_rm(model: FinPercepRM, path: str, extra: dict | None = None) -> None:
     """Write `path/` = model.safetensors + rm.json (kind "rm" and every field needed to rebuild the model).
     `extra`: optional JSON-able facts to record beside them (e.g. the training step); ignored by load_rm."""
+    check_finite(model, f"the reward model for {path}", "lower --lr")  # a NaN RM is never written
     meta = {"kind": "rm", **dataclasses.asdict(model.cfg), "stride": model.stride, **(extra or {})}
     state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     with atomic_dir(path) as tmp:  # an interrupted save leaves the previous checkpoint intact
@@ -369,6 +417,7 @@ def load_rm(path: str, device=None) -> FinPercepRM:
     if not os.path.isfile(weights):
         raise ConfigError(f"'{path}' has rm.json but no model.safetensors; make it with `python train_rm.py`")
     fields = {f.name for f in dataclasses.fields(RMConfig)}
-    model = make_rm(RMConfig(**{k: v for k, v in meta.items() if k in fields}))
-    model.load_state_dict(load_file(weights, device="cpu"))
+    with loading(path, "python train_rm.py"):  # a truncated file or a mismatched rm.json: one line
+        model = make_rm(RMConfig(**{k: v for k, v in meta.items() if k in fields}))
+        model.load_state_dict(load_file(weights, device="cpu"))
     return model.to(device or "cpu").eval()

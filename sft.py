@@ -60,8 +60,9 @@ def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) ->
     return out
 
 
-def train_sft(cfg, pool, dev, log):
-    """Return the SFT policy: out_dir/policy_sft if it exists, else train it (resumable) and save it there."""
+def train_sft(cfg, pool, dev, log, st=None):
+    """Return the SFT policy: out_dir/policy_sft if it exists, else train it and save it there. st: the
+    resume state train_rl read (config.resume_state); an SFT state continues where it stopped."""
     path = os.path.join(cfg.out_dir, "policy_sft")
     if os.path.isfile(os.path.join(path, "policy.json")):
         if config.is_main():
@@ -94,13 +95,12 @@ def train_sft(cfg, pool, dev, log):
     )
     main_rank, rank = config.is_main(), config.rank()
     state_path, start = os.path.join(cfg.out_dir, "state.pt"), 0
-    if cfg.resume and os.path.exists(state_path):
-        st = torch.load(state_path, weights_only=True, map_location=dev)
-        if st.get("phase") == "sft":
-            policy.unet.load_state_dict(st["unet"])
-            opt.load_state_dict(st["opt"])
-            start = int(st["step"])
-            print(f"resuming SFT at step {start}") if main_rank else None
+    if st is not None and st.get("phase") == "sft":
+        policy.unet.load_state_dict(st["unet"])
+        opt.load_state_dict(st["opt"])
+        start = int(st["step"])
+        print(f"resuming SFT at step {start}") if main_rank else None
+    nan = config.NanGuard("SFT")
 
     def save_state(step):
         if main_rank:  # one writer; the weights are the same on every rank
@@ -114,7 +114,7 @@ def train_sft(cfg, pool, dev, log):
         total=cfg.sft_steps,
         disable=not main_rank,
     )
-    step = start
+    resume_at = start  # the first step not yet done: where a Ctrl-C continues
     try:
         for step in bar:
             for group in opt.param_groups:  # cosine decay to 2 % of the peak rate
@@ -125,18 +125,23 @@ def train_sft(cfg, pool, dev, log):
             loss = policy.sft_loss(hr.to(dev), lr.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()  # under torchrun: the all-reduce of the gradients happens here
-            torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), 1.0)
-            opt.step()
+            gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), 1.0)
+            # The step's host sync: a non-finite loss or gradient skips the update (config.NanGuard).
+            if nan.ok(bool(torch.isfinite(loss) & torch.isfinite(gnorm)), step, "lower --sft_lr"):
+                opt.step()
             if step % 10 == 0 or step == cfg.sft_steps - 1:  # one host sync per logged step
                 loss_value = float(config.mean_over_ranks({"loss": loss.detach()})["loss"])
                 log.write(json.dumps({"step": step, "phase": "sft", "loss": loss_value}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-            if (step + 1) % 100 == 0:
-                save_state(step + 1)
+            resume_at = step + 1
+            if resume_at % cfg.ckpt_every == 0:
+                save_state(resume_at)
     except KeyboardInterrupt:
-        save_state(step)
-        raise SystemExit(f"interrupted at SFT step {step}: state saved; continue with --resume") from None
+        save_state(resume_at)
+        raise SystemExit(
+            f"interrupted at SFT step {resume_at}: state saved; continue with --resume"
+        ) from None
     policy.eval()
     if not main_rank:  # rank 0 saves and reports; the others wait for the file, then go on to RL
         config.barrier()

@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +34,11 @@ from tqdm import tqdm
 import config
 import data
 import sft
-from curriculum import Schedule, rm_difficulty
+from curriculum import CoEvolution, Schedule
 from metrics import label_map, psnr_y
 from policy import load_policy, save_policy
 from rewards import make_source
-from rm import freeze, load_rm, rm_losses
+from rm import freeze, group_deviation, load_rm, save_rm
 
 
 @dataclass
@@ -58,17 +57,20 @@ class Config:
     curriculum: str = "ccl"  # ccl | none (RM_N throughout) | global (RM_0 throughout)
     switch: str = "fixed"  # fixed (at fractions of the run) | plateau (when the reward's average stalls)
     blend: int = 10  # steps of linear blend between consecutive RM stages
-    coevolve: bool = False  # refresh each next RM stage on the current policy's samples at a switch (ours)
-    coevolve_steps: int = 20  # RM fine-tuning steps per switch when --coevolve
+    coevolve: bool = False  # online co-evolution: the RM stage in use learns from the rollouts (curriculum)
+    coevolve_every: int = 5  # RL steps between RM refreshes
+    coevolve_steps: int = 2  # AdamW steps per refresh, each on the rollout's groups + coevolve_zoo triplets
+    coevolve_zoo: int = 8  # zoo triplets per refresh step: the RM must not forget the zoo
+    coevolve_lr: float = 5e-4  # a quarter of train_rm's rate: small corrections of a trained model
     # --- SFT warm start (sft.py)
     crop: int = 64  # HR crop size; LR is crop / 4
     sft_steps: int = 400  # supervised steps (about 2 min on 2 CPU cores)
-    sft_batch: int = 8
+    sft_batch: int = 8  # HR crops per SFT step
     sft_lr: float = 2e-3  # AdamW; cosine-decayed
     degrade_max: float = 0.5  # LR degradation strength range [0, degrade_max]; 30 % of batches exactly 0
     # Policy UNet widths (0.62M params, no attention): 16 channels at full resolution make it 2.4× faster on
     # CPU than (32, 64, 64) for a small loss in PSNR.
-    unet_channels: tuple = (16, 32, 64)
+    unet_channels: tuple = (16, 32, 64)  # policy UNet widths, full resolution first
     unet_layers: int = 1  # resnets per UNet level (diffusers' default is 2)
     # --- speed (the gpu preset turns these on; bench.py measures them)
     amp: str = "fp32"  # fp32 | bf16: autocast of the networks; log-probs and losses stay fp32
@@ -85,7 +87,7 @@ class Config:
     # DDIM step has σ ≈ 0.010 (≈ 0.2/255 in the image): no reward can depend on that noise, yet its (ε/σ)·∇μ
     # term had 96 % of the update's gradient norm (measured: 5.42 vs 0.11 for the next step, K = 8) and made
     # the update a random walk. 0.05 in residual units is ≈ 1/255 in the image; the next-smallest σ is 0.35.
-    sigma_min: float = 0.05
+    sigma_min: float = 0.05  # σ floor: DDIM steps with a smaller std are never trained
     eta: float = 1.0  # DDIM eta: 1 = every step a full Gaussian (DDPO's choice)
     lr: float = 1e-4  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA); 3e-5 barely moved it in 100 steps
     grad_clip: float = 1.0  # global grad-norm clip
@@ -96,7 +98,7 @@ class Config:
     lam_px: float = 0.5  # λ_px: weight of the map-based local penalty in the per-pixel advantage
     fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
     lam1: float = 0.5  # fused reward weights
-    lam2: float = 0.5
+    lam2: float = 0.5  # (λ1 on the score, λ2 on 1 − smooth max of the map)
     beta_kl: float = 0.0  # KL to the SFT policy on step means (pg); Flow-GRPO advice: start at 0
     lam_sft: float = 0.0  # supervised loss as a regulariser (pg; refl uses lam_sft_refl)
     lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
@@ -106,6 +108,23 @@ class Config:
     lam_sft_refl: float = 1.0  # refl: supervised regulariser (ImageReward: without it images degrade)
     log_every: int = 1  # metrics.jsonl every optimiser step (one host sync each)
     ckpt_every: int = 25  # state.pt every N steps
+
+    def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
+        c = config
+        c.check(
+            self,
+            algo=c.one_of("pg", "refl"), reward=c.one_of("rm", "gold", "placebo"),
+            curriculum=c.one_of("ccl", "none", "global"), switch=c.one_of("fixed", "plateau"),
+            amp=c.one_of("fp32", "bf16"), crop=c.multiple_of(16), sft_steps=c.at_least(0),
+            sft_batch=c.at_least(1), sft_lr=c.POSITIVE, degrade_max=c.UNIT,
+            steps=c.at_least(1), batch=c.at_least(1), group=c.at_least(2), sample_steps=c.at_least(2),
+            train_fraction=c.FRACTION, sigma_min=c.at_least(0), eta=c.FRACTION, lr=c.POSITIVE,
+            grad_clip=c.POSITIVE, adv_clip=c.POSITIVE, ppo_clip=c.POSITIVE, ppo_epochs=c.at_least(1),
+            micro_batch=c.at_least(0), lam_px=c.at_least(0), beta_kl=c.at_least(0), lam_sft=c.at_least(0),
+            lam_lr=c.at_least(0), refl_last=c.at_least(1), log_every=c.at_least(1), ckpt_every=c.at_least(1),
+            blend=c.at_least(0), coevolve_every=c.at_least(1), coevolve_steps=c.at_least(1),
+            coevolve_lr=c.POSITIVE,
+        )  # fmt: skip
 
 
 PRESETS = {
@@ -181,15 +200,12 @@ def group_advantages(r: torch.Tensor, G: int, clip: float) -> torch.Tensor:
 
 
 def local_penalty(M: torch.Tensor, G: int) -> torch.Tensor:
-    """D_i(p) = −(M_i(p) − mean_j M_j(p)) / (pixel-mean of std_j M_j(p) + ε), (B·G, 1, H, W).
+    """D_i(p) = −(M_i(p) − mean_j M_j(p)) / (pixel-mean of std_j M_j(p) + ε) (B·G, 1, H, W): −group_deviation.
 
     A pixel that is more degraded than in the group's other samples gets a negative local advantage; the
     normaliser is one number per group, so D keeps the map's spatial contrast (a per-pixel std would blow up
     where the group agrees)."""
-    m = M.view(-1, G, *M.shape[1:])
-    dev = m - m.mean(1, keepdim=True)
-    scale = m.std(1, keepdim=True, unbiased=False).mean((2, 3, 4), keepdim=True)
-    return (-dev / (scale + 1e-6)).view_as(M)
+    return -group_deviation(M, G)
 
 
 def pixel_advantages(r, M, w_map, G, lam_px, clip, size):
@@ -234,7 +250,7 @@ def trained_steps(std: tuple, sigma_min: float, fraction: float, g: torch.Genera
 
 def step_grad_norms(policy, traj, lr_g, adv, n: int) -> list:
     """‖∇ of each step's surrogate −mean(A·logp_k)‖ for every k, trained or not, on the first n samples
-    (autograd.grad: .grad stays untouched). Logged once per run (grad_share): the σ floor's effect, visible."""
+    (autograd.grad: .grad stays untouched). Logged once per run (grad_share): the σ floor's effect shows."""
     params = [p for p in policy.unet.parameters() if p.requires_grad]
     norms = []
     lr_g, adv = lr_g[:n], adv[:n]
@@ -290,10 +306,10 @@ def pg_step(policy, ref, source, sched, step, hr, lr, cfg, gen, inner_update=Non
             last = i == len(work) - 1
             with contextlib.nullcontext() if last else policy.no_sync():
                 x_t, x_prev, lr_c = traj.x[k][c], traj.x[k + 1][c], lr_g[c]
-                logp = policy.step_logprob(x_t, x_prev, traj.t[k], lr_c, traj.steps, traj.eta)
+                mean, std = policy.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)  # one UNet forward
+                logp = policy.gaussian_logprob(x_prev, mean, std)  # = policy.step_logprob, from that forward
                 loss, rho = ppo_loss(logp, traj.logprob[k][c], adv[c], clip)
                 if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
-                    mean, std = policy.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)
                     with torch.no_grad():
                         mean_ref, _ = ref.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)
                     loss = loss + cfg.beta_kl * ((mean - mean_ref) ** 2).mean() / (2 * std**2)
@@ -343,34 +359,6 @@ def refl_step(policy, source, sched, step, hr, lr, cfg, gen):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Strict co-evolution (ours, beyond the paper): refresh RM_k on the current policy's samples at a switch
-
-
-def coevolve(rms, k, policy, pool, cfg, g, dev):
-    """Fine-tune RM_k briefly on FGR triplets whose SR images are the current policy's samples, labelled by
-    the label function (which knows HR), with RM_0 as the L_align anchor. Returns the refreshed, frozen RM."""
-    model = rms[k]
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-
-    @torch.no_grad()
-    def member(hr, lr, strength, gg):  # the policy as the only "SR model" of these triplets
-        return policy.sample(lr, cfg.sample_steps, cfg.eta)
-
-    for _ in range(cfg.coevolve_steps):
-        batch = data.fgr_batch(
-            pool, 8, cfg.crop, rm_difficulty(k, len(rms) - 1), g, [member], dev, p_classical=0.0, p_hooks=1.0
-        )
-        loss, _ = rm_losses(model, batch, rms[0], lam_gold=1.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return freeze(model)
-
-
-# ----------------------------------------------------------------------------------------------------
 
 
 def draw(pool, step: int, cfg, rank: int, dev):
@@ -390,7 +378,8 @@ def rl_update(
     step's numbers (with `log`, also the judges of the samples: RM_N's score `reward_final`, comparable
     across the run and across reward sources, and the gold judge and PSNR against HR), averaged over ranks in
     one all-reduce so every rank takes the same decisions after it (the NaN skip, a plateau switch). Returns
-    0-dim tensors (and, with `probe`, the list grad_share); the gradient is left in .grad. bench.py times
+    (stats, sr): 0-dim tensors (with `probe`, also the list grad_share) and the step's samples; the gradient
+    is left in .grad. bench.py times
     exactly this function (pg_fn: its un-batched baseline)."""
     opt.zero_grad(set_to_none=True)
     if cfg.algo == "pg":
@@ -408,7 +397,7 @@ def rl_update(
             stats["reward_final"] = rms[-1](sr)[0].mean()
             stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
     stats = config.mean_over_ranks(stats)
-    return stats if share is None else {**stats, "grad_share": share}
+    return (stats if share is None else {**stats, "grad_share": share}), sr
 
 
 def summary(path: str) -> dict:
@@ -426,10 +415,6 @@ def summary(path: str) -> dict:
 
 
 def main(cfg: Config) -> str:
-    if cfg.algo not in ("pg", "refl"):
-        raise config.ConfigError(f"--algo={cfg.algo} unknown; use pg or refl")
-    if cfg.ppo_epochs < 1 or cfg.micro_batch < 0:
-        raise config.ConfigError("--ppo_epochs must be ≥ 1 and --micro_batch ≥ 0 (0 = the whole batch)")
     if cfg.coevolve and cfg.reward != "rm":
         raise config.ConfigError(
             f"--coevolve refreshes reward models: it needs --reward=rm, not {cfg.reward}"
@@ -439,27 +424,31 @@ def main(cfg: Config) -> str:
     config.fast_math(dev, cfg.tf32)
     main_rank, rank = config.is_main(), config.rank()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    if main_rank:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        config.save_config(cfg, cfg.out_dir)
+    # The inputs first — data, the reward models (checked before minutes of SFT), the resume state — so a run
+    # that fails on them leaves a previous run in out_dir untouched; only then the log (config.open_log).
     pool = data.load_pool(cfg.data, "train", cfg.crop)
-    # Only rank 0 writes the log; the others write to nowhere (os.devnull), so the code below is the same.
-    log = open(
-        os.path.join(cfg.out_dir, "metrics.jsonl") if main_rank else os.devnull, "a" if cfg.resume else "w"
-    )
+    rms = None if cfg.sft_only else load_rms(cfg.rm_dir, dev)
+    st = config.resume_state(cfg)
+    phase, at = (st.get("phase"), int(st["step"])) if st else (None, 0)
+    # On --resume the rows logged past the resumed step (before a kill) are dropped: each step appears once.
+    keep = {
+        "sft": lambda r: r["phase"] == "sft" and r["step"] < at and "psnr_val" not in r,
+        "rl": lambda r: r["phase"] == "sft" or r["step"] < at,
+    }.get(phase)
+    log = config.open_log(cfg, "train_rl", keep)
 
     # 0. The starting policy: --init_policy, else the cached or freshly trained SFT policy.
     if cfg.init_policy and not cfg.sft_only:
         policy = load_policy(cfg.init_policy, dev)
     else:
-        policy = sft.train_sft(cfg, pool, dev, log)  # starts from --init_policy's weights when given
+        policy = sft.train_sft(cfg, pool, dev, log, st)  # starts from --init_policy's weights when given
     if cfg.sft_only:
         log.close()
         return cfg.out_dir
     # The reward source (rewards.py) gives the reward; RM_N is also the judge logged as reward_final in every
     # run, whatever its source, so the curves of all arms compare.
-    rms = load_rms(cfg.rm_dir, dev)
-    source = make_source(cfg.reward, rms, cfg)
+    coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None  # the RMs that learn (copies)
+    source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
     # The policy samples with the K and eta RL trains it with: saved in policy.json, upscale()'s defaults.
     policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta
     # The KL anchor: a frozen copy of the starting policy (from disk: rank 0 wrote it before the barrier),
@@ -475,15 +464,16 @@ def main(cfg: Config) -> str:
 
     sched = Schedule(cfg.curriculum, source.n_stages, cfg.steps, blend=cfg.blend, switch=cfg.switch)
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
-    state_path, start, nan_streak = os.path.join(cfg.out_dir, "state.pt"), 0, 0
-    if cfg.resume and os.path.exists(state_path):
-        st = torch.load(state_path, weights_only=True, map_location=dev)  # tensors, numbers, strings only
-        if st.get("phase") == "rl":
-            policy.unet.load_state_dict(st["unet"])
-            opt.load_state_dict(st["opt"])
-            sched.load_state_dict(json.loads(st["sched"]))
-            start = int(st["step"])
-            print(f"resuming RL at step {start}") if main_rank else None
+    state_path, start, nan = os.path.join(cfg.out_dir, "state.pt"), 0, config.NanGuard("RL")
+    if phase == "rl":  # the weights, optimiser moments and curriculum where the run stopped
+        policy.unet.load_state_dict(st["unet"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(json.loads(st["sched"]))
+        start = int(st["step"])
+        if coevo is not None:  # the co-evolved RMs and their optimisers, as they were at `step`
+            coevo.load_state_dict(st)
+            source = make_source(cfg.reward, coevo.rms, cfg)
+        print(f"resuming RL at step {start}") if main_rank else None
 
     def save_state(step):
         if main_rank:  # rank 0 writes; the weights are identical on every rank (same averaged updates)
@@ -494,6 +484,7 @@ def main(cfg: Config) -> str:
                     "unet": policy.unet.state_dict(),
                     "opt": opt.state_dict(),
                     "sched": json.dumps(sched.state_dict()),
+                    **(coevo.state_dict() if coevo else {}),
                 },
                 state_path,
             )
@@ -512,23 +503,17 @@ def main(cfg: Config) -> str:
         total=cfg.steps,
         disable=not main_rank,
     )
-    step = start
+    resume_at = start  # the first step not yet applied: where a Ctrl-C continues
     try:
         for step in bar:
             stage = sched.stage_at(step)
             if step > 0 and stage != sched.stage_at(step - 1):  # a curriculum switch: checkpoint first
                 if main_rank:
                     save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
-                if cfg.coevolve:  # rank 0 refreshes RM_k (no collectives inside), then every rank gets it
-                    if main_rank:
-                        g_co = config.generator("rl/coevolve", cfg.seed, stage)
-                        rms[stage] = coevolve(rms, stage, policy, pool, cfg, g_co, dev)
-                    rms[stage] = config.broadcast_module(rms[stage])
-                    source = make_source(cfg.reward, rms, cfg)
             hr, lr, gen = draw(pool, step, cfg, rank, dev)
             logged = step % cfg.log_every == 0 or step == cfg.steps - 1
             probe = step == 0 and cfg.algo == "pg"  # once per run: each DDIM step's share of the gradient
-            stats = rl_update(
+            stats, sr = rl_update(
                 policy, ref, source, rms, sched, opt, hr, lr, gen, step, cfg, update, log=logged, probe=probe
             )
             share = stats.pop("grad_share", None)  # [(gradient norm, σ) per DDIM step] on the probe step
@@ -543,14 +528,22 @@ def main(cfg: Config) -> str:
                     )
 
             # The host sync of the step (plus one per extra PPO pass): is it finite? (and the log row)
-            if not (torch.isfinite(stats["loss"]) and torch.isfinite(stats["grad_norm"])):
-                nan_streak += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient, update skipped", stacklevel=1)
-                if nan_streak >= 10:
-                    raise SystemExit("error: 10 non-finite steps in a row; lower --lr or raise --grad_clip")
+            finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(stats["grad_norm"]))
+            cause = "lower --lr or raise --grad_clip"
+            if not finite and not torch.isfinite(stats["reward"]):  # the reward itself: blame its source
+                cause = f"the reward is not finite: check --reward={cfg.reward} (--rm_dir={cfg.rm_dir})"
+            if not nan.ok(finite, step, cause):
+                resume_at = step + 1
                 continue
-            nan_streak = 0
             opt.step()
+            resume_at = step + 1
+            if coevo is not None and coevo.due(step):  # the active RM stage learns from this rollout
+                G = cfg.group if cfg.algo == "pg" else 1  # pg's samples come in groups of one LR
+                k = sched.at(step)[-1][0]  # the stage the curriculum is at or blending into
+                if main_rank:  # rank 0 refreshes (no collectives inside), then every rank gets its weights
+                    coevo.step(step, k, sr, hr.repeat_interleave(G, 0), G)
+                coevo.rms[k] = config.broadcast_module(coevo.rms[k])
+                source = make_source(cfg.reward, coevo.rms, cfg)
             if cfg.switch == "plateau":
                 sched.update(step, float(stats["reward"]))
             if logged:
@@ -579,13 +572,15 @@ def main(cfg: Config) -> str:
             if (step + 1) % cfg.ckpt_every == 0:
                 save_state(step + 1)
     except KeyboardInterrupt:
-        save_state(step)
+        save_state(resume_at)
         log.close()
-        raise SystemExit(f"interrupted at step {step}: state saved; continue with --resume") from None
+        raise SystemExit(f"interrupted at RL step {resume_at}: state saved; continue with --resume") from None
     log.close()
     if main_rank:
         save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{sched.stage_at(cfg.steps - 1)}"))
         save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))
+        for k, r in enumerate(coevo.rms if coevo else []):  # the co-evolved stages, beside the policy
+            save_rm(r, os.path.join(cfg.out_dir, "rm_coevolved", f"rm_stage{k}"))
         save_state(cfg.steps)
         s = summary(os.path.join(cfg.out_dir, "metrics.jsonl"))
         if s and cfg.steps > start:

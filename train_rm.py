@@ -18,6 +18,7 @@ What happens (method.md §2, §3, §5):
 Writes out_dir/rm_stage{k}/ for every k, metrics.jsonl (phase "rm"), config.json, state.pt (resume).
 """
 
+import copy
 import json
 import math
 import os
@@ -38,7 +39,7 @@ from rm import RMConfig, freeze, grow, load_rm, make_rm, n_params, rm_losses, sa
 class Config:
     out_dir: str = "out/rm"  # rm_stage{k}/, metrics.jsonl, config.json, state.pt land here
     data: str = "builtin"  # builtin (skimage photos + procedural) | an HR folder | paired:LR,HR (HR side)
-    policy: str = ""  # a policy directory: its samples join the SR zoo (the paper's diffusion-SR outputs)
+    policy: str = ""  # policy dir(s), comma-separated: their samples join the zoo and L_group (policy_bank)
     seed: int = 0  # one seed for data, init and validation set: runs are reproducible
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu: named defaults below
@@ -49,22 +50,44 @@ class Config:
     batch: int = 16  # triplets per step: 3 × batch images per forward
     # Steps per stage RM_0 … RM_N. RM_0 (global ranking) anchors every later stage; the last stage gets the
     # most, since its full-resolution map is what RL reads and the middle stages only pass on a coarser map.
-    stage_steps: tuple = (120, 60, 60, 150)
+    stage_steps: tuple = (120, 60, 60, 150)  # AdamW steps of RM_0 … RM_N
     p_classical: float = 0.5  # share of classical upsamples (bicubic …) among I_SR: "blur is a defect"
     lr: float = 2e-3  # AdamW; small conv nets on tiny images tolerate a large rate
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # AdamW's; mild
     lam_map: float = 1.0  # λ_map (method.md §3)
     lam_rank: float = 1.0  # λ_rank
     lam_align: float = 1.0  # λ_align: S_GT pinned to frozen RM_0 so the score scale is shared by all stages
     lam_gold: float = 1.0  # λ_gold [ours]: regression to the gold quality; RM_0's only source of scale
+    lam_group: float = 1.0  # λ_group [ours]: rank G samples of one LR by gold (rm.group_loss); needs --policy
+    # --- the policy bank (with --policy): samples of the policy RL starts from and of drifted copies of it
+    bank: int = 64  # LR crops in the bank; × bank_group samples each (made once, ~20 s on 2 CPU cores)
+    bank_group: int = 4  # G: samples per LR, as RL's group
+    drifts: tuple = (0, 5, 10, 20)  # Adam steps of random-objective drift per policy copy (0 = as given)
+    drift_lr: float = 1e-3  # drift's Adam rate: 10× RL's, so 5–20 steps show what a drifting RL run paints
+    bank_groups: int = 2  # bank groups per RM step, beside `batch` zoo triplets
     m1: float = 0.05  # margin S_syn − S_SR
     m2: float = 0.05  # margin S_GT − S_syn
     bce: float = 0.25  # BCE term beside the paper's L1 map loss (rm.map_loss says why)
     val_n: int = 96  # held-out triplets for the per-stage table (same set every stage)
     log_every: int = 10  # steps between metrics.jsonl rows (a host sync each)
+    ckpt_every: int = 10  # steps between resume states (state.pt): a kill -9 loses at most this many
     amp: str = "fp32"  # fp32 | bf16: autocast of the RM forward (the losses reduce in fp32)
     channels_last: bool = False  # NHWC memory format: faster convolutions on tensor cores
     tf32: bool = False  # CUDA: TF32 matmuls/convolutions and cuDNN autotuning (process-wide once set)
+
+    def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
+        c = config
+        stride = math.lcm(data.SCALE, 2**self.n_stages)  # LR = crop / 4, and the RM's total stride
+        n = self.n_stages + 1
+        c.check(
+            self,
+            n_stages=c.at_least(1), crop=c.multiple_of(stride), batch=c.at_least(1), lr=c.POSITIVE,
+            stage_steps=((lambda v: len(v) == n and min(v) >= 0), f"give {n} step counts ≥ 0 (RM_0 … RM_N)"),
+            widths=((lambda v: len(v) == n and min(v) >= 1), f"give {n} widths ≥ 1 (stem + one per stage)"),
+            p_classical=c.UNIT, val_n=c.at_least(1), log_every=c.at_least(1), ckpt_every=c.at_least(1),
+            bank=c.at_least(1), bank_group=c.at_least(2), bank_groups=c.at_least(0), drift_lr=c.POSITIVE,
+            amp=c.one_of("fp32", "bf16"),
+        )  # fmt: skip
 
 
 PRESETS = {
@@ -123,6 +146,29 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
 
 
+def group_spearman(a: torch.Tensor, b: torch.Tensor, G: int) -> float:
+    """Mean over groups of G adjacent entries of the Spearman correlation of a and b inside each group: does
+    the RM order the samples of one LR as gold does (what the RL advantage depends on)?"""
+    ra = a.view(-1, G).argsort(1).argsort(1).double()
+    rb = b.view(-1, G).argsort(1).argsort(1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)).mean())
+
+
+@torch.no_grad()
+def policy_metrics(model, groups: dict, batch: int = 64) -> dict:
+    """On policy samples in groups (policy_groups): pol_auroc, the map's AUROC against the gold map (> 0.1),
+    and pol_rank, the within-group rank correlation of the score with gold quality; None where not defined."""
+    p = next(model.parameters())
+    outs = [model(x.to(p.device)) for x in groups["sr"].split(batch)]
+    score = torch.cat([o[0] for o in outs]).cpu()
+    dmap = None if outs[0][1] is None else torch.cat([o[1] for o in outs]).cpu()
+    return {
+        "pol_auroc": None if dmap is None else auroc(dmap, groups["dmap"].cpu() > 0.1),
+        "pol_rank": group_spearman(score, groups["gold"].cpu(), groups["G"]),
+    }
+
+
 @torch.no_grad()
 def validate(model, v: dict, batch: int = 64) -> dict:
     """The per-stage numbers of the issue, on the fixed set v. Map metrics are None at stage 0 (no map)."""
@@ -133,6 +179,8 @@ def validate(model, v: dict, batch: int = 64) -> dict:
         s, m = run(v[k])
         out[k] = (torch.cat(s).cpu(), None if m[0] is None else torch.cat(m).cpu())
     (s_gt, m_gt), (s_syn, m_syn), (s_sr, m_sr) = out["gt"], out["syn"], out["sr"]
+    if not all(torch.isfinite(s).all() for s, _ in out.values()):  # a NaN model gives no valid table
+        raise SystemExit("error: the reward model gives non-finite scores on the held-out set; lower --lr")
     gold = torch.cat([v["gold_gt"], v["gold_syn"], v["gold_sr"]]).cpu()
     clean_std = s_gt.std().clamp_min(1e-6)
     r = {
@@ -151,6 +199,8 @@ def validate(model, v: dict, batch: int = 64) -> dict:
         r["map_l1"] = float((pred - lab).abs().mean())
         r["map_auroc"] = auroc(pred, lab > 0.1)  # positives: pixels the label function calls degraded
         r["clean_map"] = float(m_gt.mean())  # false alarms on clean HR images
+    if "policy" in v:  # held-out policy samples (train_rm --policy): what RL will show this RM
+        r.update(policy_metrics(model, v["policy"], batch))
     return r
 
 
@@ -165,6 +215,8 @@ def format_table(rows: list[dict]) -> str:
         "hr_gt_bicubic",
         "clean_map",
         "local_sens",
+        "pol_auroc",
+        "pol_rank",
     ]
     f = lambda x: "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
     lines = [" ".join(f"{c:>13}" for c in cols)]
@@ -176,21 +228,61 @@ def format_table(rows: list[dict]) -> str:
 # Training
 
 
-def policy_zoo_member(policy_dir: str, device):
-    """The SR-zoo hook (data.sr_zoo): samples of a trained diffusion policy as one more "SR model", at
-    several step counts and eta values, as FGR-30k uses several diffusion SR models' outputs (§2)."""
+# ----------------------------------------------------------------------------------------------------
+# Policy samples: what RL will paint, before RL paints it (method.md "The RM must see what RL paints")
+
+
+def drift(policy, steps: int, lr: float, pool, crop: int, g: torch.Generator):
+    """A copy of `policy` after `steps` Adam steps on a random objective −mean(R ⊙ f_θ(x_t, t)), R ~ N(0, 1)
+    drawn afresh each step: a random walk in the directions that change the output, the way noisy RL updates
+    move a policy (the placebo arm is exactly that). Within 5–20 steps at lr 1e-3 the samples show what RL
+    arms painted here: magenta/green speckle, stripes, colour blotches. (i.i.d. weight noise, the obvious
+    alternative, left the samples unchanged even at 20 % of each tensor's std.)"""
+    pol = copy.deepcopy(policy).train()
+    opt = torch.optim.Adam(pol.unet.parameters(), lr=lr)
+    for _ in range(steps):
+        hr, lr_img = pool.pairs(4, crop, g)
+        x0 = pol.encode(hr, lr_img)
+        t = torch.randint(0, pol.cfg.num_train_timesteps, (len(x0),), generator=g)
+        abar = pol.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn(x0.shape, generator=g)  # DDPM eq. 4
+        out = pol.net(torch.cat([x_t, pol.condition(lr_img)], 1), t)
+        loss = -(torch.randn(out.shape, generator=g) * out).mean()  # a random direction in output space
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return pol.eval()
+
+
+@torch.no_grad()
+def policy_groups(policy, hr: torch.Tensor, lr: torch.Tensor, G: int, g: torch.Generator) -> dict:
+    """G samples of each LR (the comparison RL's advantage makes), at the K and eta the policy was trained to
+    sample with (its policy.json: RL's), labelled against HR: sr (n·G, 3, S, S) with each LR's samples
+    adjacent, hr (n·G, …) matching, dmap (n·G, 1, S, S) label maps, gold (n·G,) = 1 − mean map."""
+    dev = next(policy.parameters()).device
+    lr_g, hr_g = lr.repeat_interleave(G, 0).to(dev), hr.repeat_interleave(G, 0).to(dev)
+    gen = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (), generator=g)))
+    sr = policy.upscale(lr_g, generator=gen)
+    dmap = label_map(sr, hr_g)
+    return {"sr": sr, "hr": hr_g, "dmap": dmap, "gold": 1 - dmap.mean((1, 2, 3)), "G": G}
+
+
+def policy_bank(policy_dirs: str, pool, n: int, G: int, crop: int, drifts: tuple, drift_lr: float, g, dev):
+    """Policy samples for the RM, made once (sampling inside every RM step would cost more than the step):
+    n LR crops × G samples, the LR crops spread evenly over the given policies and the drifted copies of the
+    first (drift(): drifts = Adam steps per copy; 0 = the policy itself). Returns policy_groups' dict."""
     from policy import load_policy  # imported here: train_rm needs no diffusers unless --policy is given
 
-    pol = load_policy(policy_dir, device=device)
-    settings = [(4, 1.0), (10, 1.0), (10, 0.5), (20, 0.0)]  # (DDIM steps, eta): fast/noisy … slow/determ.
-
-    @torch.no_grad()
-    def member(hr, lr, strength, g):
-        steps, eta = settings[int(torch.randint(len(settings), (), generator=g))]
-        gen = torch.Generator(device=lr.device).manual_seed(int(torch.randint(2**31, (), generator=g)))
-        return pol.upscale(lr, steps=steps, eta=eta, generator=gen)
-
-    return member
+    given = [load_policy(d, dev) for d in policy_dirs.split(",") if d]
+    pols = given + [drift(given[0], k, drift_lr, pool, crop, g) for k in drifts if k > 0]
+    if 0 not in drifts:
+        pols = pols[len(given) :] or given
+    hr, lr = pool.pairs(n, crop, g, lambda: 0.5 * float(torch.rand((), generator=g)), groups=4)
+    parts = [
+        policy_groups(pols[i % len(pols)], hr[i :: len(pols)], lr[i :: len(pols)], G, g)
+        for i in range(len(pols))
+    ]
+    return {k: torch.cat([p[k] for p in parts]) if k != "G" else G for k in parts[0]}
 
 
 def main(cfg: Config) -> str:
@@ -198,107 +290,130 @@ def main(cfg: Config) -> str:
     main_rank, rank = config.is_main(), config.rank()
     amp = config.amp_dtype(cfg.amp)
     config.fast_math(dev, cfg.tf32)
-    if len(cfg.stage_steps) != cfg.n_stages + 1:
-        raise config.ConfigError(f"--stage_steps needs {cfg.n_stages + 1} numbers (RM_0 … RM_{cfg.n_stages})")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    if main_rank:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        config.save_config(cfg, cfg.out_dir)
-    state_path = os.path.join(cfg.out_dir, "state.pt")
-    # Only rank 0 logs, validates and writes; the others log to os.devnull, so the code below is the same.
-    log = open(
-        os.path.join(cfg.out_dir, "metrics.jsonl") if main_rank else os.devnull, "a" if cfg.resume else "w"
-    )
+    # The inputs first — data, held-out set, policy bank, resume state — so a run that fails on them leaves
+    # whatever is in out_dir untouched; only then the log (config.open_log).
     pool = data.load_pool(cfg.data, "train", cfg.crop)
-    hooks = [policy_zoo_member(cfg.policy, dev)] if cfg.policy else None
     v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
+    bank = None
+    if cfg.policy:  # policy samples: the training photos' bank, and a held-out one for the table
+        g = config.generator("rm/bank", cfg.seed, rank)
+        bank = policy_bank(
+            cfg.policy, pool, cfg.bank, cfg.bank_group, cfg.crop, cfg.drifts, cfg.drift_lr, g, dev
+        )
+        if main_rank:
+            g = config.generator("rm/val_bank", cfg.seed)
+            val_pool = data.load_pool(cfg.data, "val" if cfg.data == "builtin" else "train", cfg.crop)
+            v["policy"] = policy_bank(cfg.policy, val_pool, 16, cfg.bank_group, cfg.crop, cfg.drifts,
+                                      cfg.drift_lr, g, dev)  # fmt: skip
+    st = config.resume_state(cfg)
+    start_stage, start_step = (int(st["stage"]), int(st["step"])) if st else (0, 0)
+    rows = json.loads(st["rows"]) if st else []
+    # On --resume the rows logged past the resumed step (before a kill) are dropped: each step appears once.
+    keep = (lambda r: (r["stage"], r["step"]) < (start_stage, start_step) and "val" not in r) if st else None
+    if st:  # a stage's own validation row belongs to it, whatever its step
+        keep = lambda r, k=keep: r["stage"] < start_stage or k(r)
+    log = config.open_log(cfg, "train_rm", keep)
+    print(f"resuming at stage {start_stage}, step {start_step}") if st and main_rank else None
 
     model = make_rm(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
-    start_stage, start_step, st, rows = 0, 0, None, []
-    if cfg.resume and os.path.exists(state_path):
-        st = torch.load(state_path, weights_only=True, map_location=dev)  # tensors, numbers, strings only
-        start_stage, start_step, rows = int(st["stage"]), int(st["step"]), json.loads(st["rows"])
-        print(f"resuming at stage {start_stage}, step {start_step}") if main_rank else None
+    base = opt = None  # base: S_base = the frozen RM_0, L_align's anchor (method.md §3)
+    nan = config.NanGuard("train_rm")
+    state_path, t0 = os.path.join(cfg.out_dir, "state.pt"), time.time()
+    stage, resume_at = start_stage, start_step  # where a Ctrl-C would continue from
 
-    base = None  # S_base = frozen RM_0, the anchor of L_align (method.md §3)
-    t0 = time.time()
-    for stage in range(start_stage, cfg.n_stages + 1):
-        if stage > 0:
-            base = freeze(load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
-            model = grow(load_rm(os.path.join(cfg.out_dir, f"rm_stage{stage - 1}"), dev)).to(dev)
-        model.train()
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda"
-        )
-        first = start_step if stage == start_stage else 0
-        if first > 0:  # resuming inside this stage: its weights and optimiser moments come from state.pt
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["opt"])
-        n_steps = cfg.stage_steps[stage]
-        diff = rm_difficulty(stage, cfg.n_stages)
-        net = config.ddp(model, dev)  # the losses run through DDP under torchrun (gradient averaging)
-        desc = f"RM_{stage} ({n_params(model) / 1e6:.2f}M)"
-        bar = tqdm(range(first, n_steps), desc=desc, leave=False, disable=not main_rank)
-        for step in bar:
-            # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / n_steps)))
-            # This step's triplets from (seed, stage, step, rank) alone: every rank draws different data, and
-            # --resume continues the same streams without any stored generator state.
-            g = config.generator("rm/draw", cfg.seed, stage, step, rank)
-            batch = data.fgr_batch(
-                pool, cfg.batch, cfg.crop, diff, g, hooks, dev, p_classical=cfg.p_classical
+    def save_state(stage, step, model=None, opt=None):  # rank 0 writes; the weights agree on every rank
+        if main_rank:
+            weights = {"model": model.state_dict(), "opt": opt.state_dict()} if opt is not None else {}
+            config.torch_save_atomic(
+                {"stage": stage, "step": step, "rows": json.dumps(rows), **weights}, state_path
             )
-            with config.autocast(dev, amp):  # bf16 forward when --amp=bf16; backward follows the same dtypes
-                loss, parts = rm_losses(
-                    net,
-                    batch,
-                    base,
-                    cfg.lam_map,
-                    cfg.lam_rank,
-                    cfg.lam_align if stage else 0.0,
-                    cfg.lam_gold,
-                    cfg.m1,
-                    cfg.m2,
-                    cfg.bce,
+
+    try:
+        for stage in range(start_stage, cfg.n_stages + 1):
+            if stage > 0:
+                base = freeze(load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
+                model = grow(load_rm(os.path.join(cfg.out_dir, f"rm_stage{stage - 1}"), dev)).to(dev)
+            model.train()
+            if cfg.channels_last:
+                model.to(memory_format=torch.channels_last)
+            opt = torch.optim.AdamW(
+                model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda"
+            )
+            first = resume_at = start_step if stage == start_stage else 0
+            if first > 0:  # resuming inside this stage: its weights and optimiser moments come from state.pt
+                model.load_state_dict(st["model"])
+                opt.load_state_dict(st["opt"])
+            n_steps = cfg.stage_steps[stage]
+            diff = rm_difficulty(stage, cfg.n_stages)
+            net = config.ddp(model, dev)  # the losses run through DDP under torchrun (gradient averaging)
+            bar = tqdm(range(first, n_steps), desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", leave=False,
+                       disable=not main_rank)  # fmt: skip
+            for step in bar:
+                # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / n_steps)))
+                # This step's triplets from (seed, stage, step, rank) alone: every rank draws different data,
+                # and --resume continues the same streams without any stored generator state.
+                g = config.generator("rm/draw", cfg.seed, stage, step, rank)
+                batch = data.fgr_batch(
+                    pool, cfg.batch, cfg.crop, diff, g, None, dev, p_classical=cfg.p_classical
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if step % cfg.log_every == 0 or step == n_steps - 1:  # the one host sync per logged step
-                parts = config.mean_over_ranks(parts)  # the whole effective batch's losses
-                row = {"step": step, "phase": "rm", "stage": stage, **{k: float(x) for k, x in parts.items()}}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                bar.set_postfix(
-                    loss=f"{row['total']:.3f}", rank=f"{row['rank']:.3f}", map=f"{row['map']:.3f}"
-                )
-            if (step + 1) % 50 == 0 and step + 1 < n_steps and main_rank:  # resume point inside a stage
-                config.torch_save_atomic(
-                    {
+                if bank is not None:  # + policy samples, in groups of one LR at the end (L_group)
+                    batch = data.merge(batch, data.group_triplets(bank, cfg.bank_groups, diff.area, g))
+                with config.autocast(dev, amp):  # bf16 forward with --amp=bf16; backward follows its dtypes
+                    lam = dict(lam_map=cfg.lam_map, lam_rank=cfg.lam_rank, lam_gold=cfg.lam_gold)
+                    lam.update(lam_align=cfg.lam_align if stage else 0.0, lam_group=cfg.lam_group)
+                    loss, parts = rm_losses(net, batch, base, **lam, m1=cfg.m1, m2=cfg.m2, bce=cfg.bce)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                # The step's host sync: a non-finite loss or gradient skips the update (config.NanGuard).
+                if nan.ok(
+                    bool(torch.isfinite(loss) & torch.isfinite(gnorm)), step, "lower --lr (or check --data)"
+                ):
+                    opt.step()
+                if step % cfg.log_every == 0 or step == n_steps - 1:
+                    parts = config.mean_over_ranks(parts)  # the whole effective batch's losses
+                    row = {
+                        "step": step,
+                        "phase": "rm",
                         "stage": stage,
-                        "step": step + 1,
-                        "model": model.state_dict(),
-                        "opt": opt.state_dict(),
-                        "rows": json.dumps(rows),
-                    },
-                    state_path,
-                )
-        if not main_rank:  # rank 0 saves and validates; the others wait for rm_stage{k}/ before growing it
+                        **{k: float(x) for k, x in parts.items()},
+                    }
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    bar.set_postfix(
+                        loss=f"{row['total']:.3f}", rank=f"{row['rank']:.3f}", map=f"{row['map']:.3f}"
+                    )
+                resume_at = step + 1
+                if resume_at % cfg.ckpt_every == 0 and resume_at < n_steps:  # a resume point inside a stage
+                    save_state(stage, resume_at, model, opt)
+            if (
+                not main_rank
+            ):  # rank 0 saves and validates; the others wait for rm_stage{k}/ before growing it
+                config.barrier()
+                continue
+            save_rm(
+                model,
+                os.path.join(cfg.out_dir, f"rm_stage{stage}"),
+                {"trained_steps": n_steps, "crop": cfg.crop},
+            )
+            r = {"stage": stage, **validate(model.eval(), v)}
+            rows.append(r)
+            log.write(json.dumps({"step": n_steps, "phase": "rm", "stage": stage, "val": r}) + "\n")
+            log.flush()
+            save_state(
+                stage + 1, 0
+            )  # a stage boundary: the weights are in rm_stage{k}/, the state says where next
+            print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
             config.barrier()
-            continue
-        save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), {"trained_steps": n_steps})
-        r = {"stage": stage, **validate(model.eval(), v)}
-        rows.append(r)
-        log.write(json.dumps({"step": n_steps, "phase": "rm", "stage": stage, "val": r}) + "\n")
-        log.flush()
-        # Stage boundary: the weights are in rm_stage{k}/ already; the state only says where to go on.
-        config.torch_save_atomic({"stage": stage + 1, "step": 0, "rows": json.dumps(rows)}, state_path)
-        print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
-        config.barrier()
+    except KeyboardInterrupt:
+        save_state(stage, resume_at, model, opt)  # the stage's weights and moments, at the first undone step
+        log.close()
+        raise SystemExit(
+            f"interrupted: RM_{stage} at step {resume_at} saved; continue with --resume"
+        ) from None
     log.close()
     config.teardown()
     return cfg.out_dir

@@ -90,3 +90,35 @@ def test_zoo_masks_and_triplets():
     for name, f in data.ZOO.items():
         out = f(hr, lr, torch.ones(4, 1, 1, 1), g)
         assert out.shape == hr.shape and (out - hr).abs().mean() > 1e-3, name
+
+
+@pytest.mark.parametrize("name", ["speckle", "grain", "grid", "ringing", "saturate"])
+def test_rl_artifacts_change_the_label_map_inside_their_mask_only(name):
+    # The artifacts RL policies paint, pasted into HR through a mask: the label map must rise inside the
+    # mask and stay ~0 away from it (beyond the feathering and the label function's 3×3 + scale-4 support).
+    from metrics import label_map
+
+    g = torch.Generator().manual_seed(0)
+    hr = data.load_pool("builtin", "val", 64).crops(4, 64, g)
+    sr = data.ZOO[name](hr, None, torch.full((4, 1, 1, 1), 0.8), g).clamp(0, 1)
+    mask = torch.zeros(4, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1.0
+    M = label_map(mask * sr + (1 - mask) * hr, hr)
+    inside, far = M[..., 20:44, 20:44].mean(), M[..., :6, :].mean()  # far: the top 6 rows, ≥ 10 px away
+    assert inside > 0.04 and far < 1e-3, (name, float(inside), float(far))
+
+
+def test_group_triplets_keep_groups_at_the_end():
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 32, 32).repeat_interleave(3, 0)  # 2 LR images, 3 samples each
+    sr = (hr + 0.1 * torch.randn(6, 3, 32, 32, generator=g)).clamp(0, 1)
+    from metrics import label_map
+
+    M = label_map(sr, hr)
+    groups = {"sr": sr, "hr": hr, "dmap": M, "gold": 1 - M.mean((1, 2, 3)), "G": 3}
+    t = data.group_triplets(groups, 2, 0.2, g)
+    assert t["n_group"] == 6 and t["group"] == 3
+    both = data.merge(data.fgr_batch(data.load_pool("builtin", "val", 32), 2, 32, data.Difficulty(), g), t)
+    assert both["sr"].shape[0] == 8 and torch.equal(both["sr"][2:], t["sr"]) and both["n_group"] == 6
+    # a group stays together: its samples share one HR
+    assert torch.equal(t["gt"][0], t["gt"][1]) and torch.equal(t["gt"][1], t["gt"][2])

@@ -14,7 +14,7 @@ import train_rl
 import train_rm
 from metrics import label_map
 from policy import PolicyConfig, load_policy, make_policy
-from rm import RMConfig, freeze, make_rm
+from rm import RMConfig, freeze, load_rm, make_rm
 
 TINY_RM = dict(widths=(4, 8, 8, 8), crop=32, batch=2, stage_steps=(2, 2, 2, 2), val_n=4, log_every=1)
 TINY_RL = dict(
@@ -278,7 +278,7 @@ def test_bf16_channels_last_run_keeps_fp32_logprobs(tmp_path, rm_dir, sft_dir):
     train_rl.main(cfg)
     rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert len(rows) == 2 and all(r["approx_kl"] < 1e-6 and r["clip_frac"] == 0 for r in rows)
-    with pytest.raises(SystemExit, match="--amp=fp16 unknown"):
+    with pytest.raises(SystemExit, match="--amp=fp16 is not allowed"):
         train_rl.main(dataclasses.replace(cfg, amp="fp16"))
 
 
@@ -306,5 +306,33 @@ def test_bad_ppo_settings_are_clear_errors(tiny, tmp_path):
     lr, hr, sched = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32), train_rl.Schedule("none", 3, 2)
     with pytest.raises(ValueError, match="needs inner_update"):  # passes would pile up into a doubled step
         train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
-    with pytest.raises(SystemExit, match="--ppo_epochs must be"):
+    with pytest.raises(SystemExit, match="--ppo_epochs=0 is not allowed"):
         train_rl.main(train_rl.Config(**{**base, "ppo_epochs": 0, "out_dir": str(tmp_path)}))
+
+
+def test_coevolve_refreshes_the_rm_online_and_keeps_its_contract(tmp_path, rm_dir, sft_dir):
+    # Every step (coevolve_every = 1) the active stage learns from the rollout; --rm_dir is only read, the
+    # refreshed stages land under the RL run and are still RMs: (score (B,) in [0, 1], map or None).
+    before = {k: load_rm(os.path.join(rm_dir, f"rm_stage{k}")) for k in range(4)}
+    mtime = os.path.getmtime(os.path.join(rm_dir, "rm_stage3", "model.safetensors"))
+    cfg = train_rl.Config(
+        out_dir=str(tmp_path),
+        rm_dir=rm_dir,
+        init_policy=os.path.join(sft_dir, "policy_sft"),
+        coevolve=True,
+        curriculum="none",  # RM_3 is the active stage throughout
+        **{**TINY_RL, "coevolve_every": 1},
+    )
+    train_rl.main(cfg)
+    assert os.path.getmtime(os.path.join(rm_dir, "rm_stage3", "model.safetensors")) == mtime
+    after = load_rm(os.path.join(tmp_path, "rm_coevolved", "rm_stage3"))
+    moved = [
+        (a - b).abs().max() for a, b in zip(after.state_dict().values(), before[3].state_dict().values())
+    ]
+    assert max(moved) > 0  # RM_3 learned
+    same = load_rm(os.path.join(tmp_path, "rm_coevolved", "rm_stage0"))
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), before[0].state_dict().values()))
+    score, dmap = after(torch.rand(2, 3, 32, 32))
+    assert score.shape == (2,) and ((score >= 0) & (score <= 1)).all() and dmap.shape == (2, 1, 32, 32)
+    with pytest.raises(SystemExit, match="needs --reward=rm"):
+        train_rl.main(dataclasses.replace(cfg, reward="gold"))

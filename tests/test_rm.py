@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from config import write_json  # tests/conftest.py puts the repo root on sys.path
-from rm import RMConfig, freeze, grow, load_rm, make_rm, rank_loss, reward, rm_losses, save_rm
+from rm import RMConfig, freeze, group_loss, grow, load_rm, make_rm, rank_loss, reward, rm_losses, save_rm
 
 TINY = dict(widths=(8, 8, 16, 16), n_stages=3, hidden=16, groups=4)  # total stride 8
 
@@ -180,7 +180,7 @@ def test_rm_losses_decrease_on_toy_batch():
         total.backward()
         opt.step()
         losses.append(total.item())
-    assert set(parts) == {"map", "rank", "align", "gold", "total"}
+    assert set(parts) == {"map", "rank", "align", "gold", "group", "total"}
     assert all(not v.requires_grad for v in parts.values())
     assert losses[-1] < 0.8 * losses[0], losses
 
@@ -191,3 +191,23 @@ def test_rm_losses_stage0_and_missing_gold():
     assert parts["map"] == 0 and parts["align"] == 0 and torch.allclose(total, parts["rank"])
     with pytest.raises(ValueError):
         rm_losses(tiny(0), batch, lam_gold=1.0)
+
+
+def test_group_loss_hand_case():
+    # One group of G = 3: gold 0.9 > 0.8 > 0.7. Scores in that order with gaps ≥ the gold gaps: no loss.
+    gold = torch.tensor([0.9, 0.8, 0.7])
+    good = torch.tensor([0.95, 0.80, 0.60])
+    ls, lm = group_loss(good, None, gold, None, 3)
+    assert float(ls) == 0.0 and float(lm) == 0.0  # RM_0: no map part
+    # Reversed scores: pairs (0,1), (0,2), (1,2) with gold gaps 0.1, 0.2, 0.1 and score gaps −0.15, −0.35,
+    # −0.2 → hinge (0.1 + 0.15) + (0.2 + 0.35) + (0.1 + 0.2) = 1.1 over 3 ordered pairs.
+    ls, _ = group_loss(good.flip(0), None, gold, None, 3)
+    assert float(ls) == pytest.approx(1.1 / 3)
+    # The map part compares within-group deviations in units of the group spread: a map that is the target
+    # plus a constant (the same for the whole group) has the target's deviations exactly: no loss.
+    target = torch.rand(3, 1, 4, 4)
+    logits = torch.logit((target * 0.5 + 0.2).clamp(1e-4, 1 - 1e-4))  # an affine map of the target
+    _, lm = group_loss(good, logits, gold, target, 3)
+    assert float(lm) < 1e-4
+    _, lm = group_loss(good, torch.logit(target.flip(0).clamp(1e-4, 1 - 1e-4)), gold, target, 3)
+    assert float(lm) > 0.5  # samples swapped: the deviations are wrong
