@@ -21,6 +21,7 @@ What it measures, all in one run, for each preset (train_rl.PRESETS / train_rm.P
 Prints a table per preset and lines `efficiency pg cpu 0.87`, writes out_dir/bench.json with every number.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -313,7 +314,7 @@ def loop_step(step_fn, policy, ref, source, rms, sched, opt, pool, step, rl, dev
     PSNR) → the finiteness sync → AdamW → the log row. Returns the seconds of each phase; the device is
     synchronised at phase ends only (the loop itself syncs once, at the finiteness check)."""
     t = [time.perf_counter()]
-    hr, lr, gen = train_rl.draw(pool, step, rl, 0, dev)
+    hr, lr, gen = train_rl.to_device(train_rl.draw(pool, step, rl, 0), step, rl, 0, dev)
     sync(dev)
     t.append(time.perf_counter())
     algo = "refl" if step_fn is train_rl.refl_step else "pg"
@@ -357,6 +358,7 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
     policy, rms, opt = build(rl, rmc, dev, cfg.compile and dev.type == "cuda")
     counter = CallCounter(policy, rms)
     source = make_source("rm", rms, rl)  # after the counter wraps the RMs, so their calls are counted
+    ref = freeze(copy.deepcopy(policy)) if rl.beta_kl > 0 else None  # the KL anchor, as train_rl loads it
     N = len(rms) - 1
     sched = Schedule(rl.curriculum, N, rl.steps, blend=rl.blend, switch=rl.switch)
     pool = data.load_pool(rl.data, "train", rl.crop)
@@ -379,7 +381,7 @@ def bench_preset(name: str, dev: torch.device, cfg: Config) -> dict:
             counter.calls, counter.on = [], True
             reset_peak(dev)
             phases = loop_step(
-                kinds[kind][0], policy, None, source, rms, sched, opt, pool, step, rl, dev, cfg.log
+                kinds[kind][0], policy, ref, source, rms, sched, opt, pool, step, rl, dev, cfg.log
             )
             counter.on = False
             out.append({"phases": phases, "total": sum(phases.values()), "calls": counter.calls})

@@ -26,6 +26,7 @@ import shutil
 import sys
 import tokenize
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -451,7 +452,7 @@ NAN_STREAK = 10  # non-finite steps in a row that end a run
 
 class NanGuard:
     def __init__(self, loop: str):
-        self.loop, self.streak = loop, 0
+        self.loop, self.streak, self.cause = loop, 0, ""
 
     def ok(self, finite: bool, step: int, cause: str) -> bool:
         """True if the step may be applied (`finite`: the host sync of the step). Skips with a warning; after
@@ -459,7 +460,7 @@ class NanGuard:
         if finite:
             self.streak = 0
             return True
-        self.streak += 1
+        self.streak, self.cause = self.streak + 1, cause
         warnings.warn(f"{self.loop} step {step}: non-finite loss or gradient, update skipped", stacklevel=2)
         if self.streak >= NAN_STREAK:
             raise SystemExit(
@@ -467,8 +468,47 @@ class NanGuard:
             )
         return False
 
+    def done(self) -> None:
+        """End of a loop: a run whose last steps were non-finite failed, even if fewer than NAN_STREAK."""
+        if self.streak:
+            raise SystemExit(f"error: {self.loop} ended on {self.streak} non-finite step(s); {self.cause}")
+
 
 def check_finite(module: torch.nn.Module, what: str, fix: str) -> None:
     """A one-line error instead of writing a checkpoint with NaN/Inf weights (one host sync per save)."""
     if not all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()):
         raise SystemExit(f"error: {what} has non-finite weights; not saved. {fix}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch.compile (--compile): the networks' forward compiled in place (nn.Module.compile keeps the module,
+# its state_dict keys and save_pretrained as they are). Shapes are static in every phase (fixed batch and
+# crop), so dynamic=False: one graph per shape, compiled once. On CUDA the inductor backend (the bare UNet
+# ran 3.3× faster forward on an H200 in an earlier measurement); on CPU only the graph capture runs (backend
+# "eager": dynamo traces the same graphs, no code generation), which keeps --compile testable here and costs
+# a little tracing, never a different result.
+
+
+def compile_module(module: torch.nn.Module, dev: torch.device, on: bool) -> torch.nn.Module:
+    if on:
+        module.compile(dynamic=False, backend="inductor" if dev.type == "cuda" else "eager")
+    return module
+
+
+def prefetch(fn, steps, on: bool):
+    """Yield (step, fn(step)) for each step; with `on`, fn(step + 1) already runs in a background thread while
+    the caller works on step: on a GPU the CPU's data draw (Pillow resizes, JPEG, crops) then overlaps the
+    GPU's work instead of stalling it. fn must be a pure function of the step (every draw here is: seeded by
+    config.generator), so the stream is the same either way. Off on CPU, where the thread would only compete
+    with the training step for the same cores."""
+    steps = list(steps)
+    if not on:
+        yield from ((s, fn(s)) for s in steps)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(fn, steps[0]) if steps else None
+        for i, s in enumerate(steps):
+            out = nxt.result()
+            if i + 1 < len(steps):
+                nxt = pool.submit(fn, steps[i + 1])
+            yield s, out

@@ -86,6 +86,7 @@ def train_sft(cfg, pool, dev, log, st=None):
         )
         policy = make_policy(pcfg)
     policy = policy.to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
+    config.compile_module(policy.unet, dev, cfg.compile)  # --compile: the UNet's forward, static shapes
     policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
     # The global RNG (sft_loss's timesteps and noise) differs per rank: same weights, different draws.
     torch.manual_seed(config.seed("sft/global", cfg.seed, config.rank()))
@@ -142,12 +143,15 @@ def train_sft(cfg, pool, dev, log, st=None):
         raise SystemExit(
             f"interrupted at SFT step {resume_at}: state saved; continue with --resume"
         ) from None
+    nan.done()  # the last steps non-finite: a failed run (exit non-zero), nothing saved
     policy.eval()
     if not main_rank:  # rank 0 saves and reports; the others wait for the file, then go on to RL
         config.barrier()
         return policy
+    t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)  # before saving: a policy whose images are
+    if not all(math.isfinite(v["policy"]) for v in t.values()):  # not finite is a failure, never a result
+        raise SystemExit("error: the SFT policy gives non-finite images; not saved. Lower --sft_lr")
     save_policy(policy, path)
-    t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)
     log.write(json.dumps({"step": cfg.sft_steps, "phase": "sft", "psnr_val": t}) + "\n")
     print(
         "SFT done. PSNR-Y on held-out crops (eta = 0):  "

@@ -63,7 +63,7 @@ class Config:
     coevolve_zoo: int = 8  # zoo triplets per refresh step: the RM must not forget the zoo
     coevolve_lr: float = 5e-4  # a quarter of train_rm's rate: small corrections of a trained model
     # --- SFT warm start (sft.py)
-    crop: int = 64  # HR crop size; LR is crop / 4
+    crop: int = 48  # HR crop size (LR is crop / 4); 48 costs 0.56× of 64 per step (evaluate's 20-min budget)
     sft_steps: int = 400  # supervised steps (about 2 min on 2 CPU cores)
     sft_batch: int = 8  # HR crops per SFT step
     sft_lr: float = 2e-3  # AdamW; cosine-decayed
@@ -76,13 +76,16 @@ class Config:
     amp: str = "fp32"  # fp32 | bf16: autocast of the networks; log-probs and losses stay fp32
     channels_last: bool = False  # NHWC memory format for the UNet: faster convolutions on tensor cores
     tf32: bool = False  # CUDA: TF32 matmuls/convolutions and cuDNN autotuning (process-wide once set)
+    compile: bool = False  # torch.compile of the UNet and RM forwards, static shapes (config.compile_module)
     # --- RL
-    steps: int = 100  # RL optimiser steps (~2 s each on 2 CPU cores with the defaults below)
+    steps: int = 100  # RL optimiser steps (~0.8 s each on 2 CPU cores with the defaults below)
     batch: int = 2  # LR images per step
     group: int = 4  # G samples per LR image (same LR, different noise): the advantage baseline
-    sample_steps: int = 8  # K DDIM steps per rollout (Flow-GRPO trains with 10; 8 is cheaper on CPU)
-    train_fraction: float = 0.5  # share of the trainable steps each update trains on, drawn at random (DDPO's
-    # timestep_fraction): the update costs a forward+backward per trained step, 3× a sampling step
+    sample_steps: int = 6  # K DDIM steps per rollout (Flow-GRPO trains with 10; 6 is cheaper on CPU)
+    # DDPO's timestep_fraction: each update trains a random share of the trainable steps (2 of K − 1 = 5);
+    # one trained step costs a forward + backward, ~3 sampling steps. (K = 6, 0.4 and the 48-px crop ran 60
+    # oracle-map steps in 50 s for 0.012 of gold, as K = 8, 0.5 at 64 px did in 125 s; 2-core CPU.)
+    train_fraction: float = 0.4  # share of the trainable steps each update trains on, drawn at random
     # σ floor (method.md "What makes RL work here"): a step whose std is below it is never trained. The last
     # DDIM step has σ ≈ 0.010 (≈ 0.2/255 in the image): no reward can depend on that noise, yet its (ε/σ)·∇μ
     # term had 96 % of the update's gradient norm (measured: 5.42 vs 0.11 for the next step, K = 8) and made
@@ -99,7 +102,11 @@ class Config:
     fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
     lam1: float = 0.5  # fused reward weights
     lam2: float = 0.5  # (λ1 on the score, λ2 on 1 − smooth max of the map)
-    beta_kl: float = 0.0  # KL to the SFT policy on step means (pg); Flow-GRPO advice: start at 0
+    # The anchor (method.md "Anchor strength must be calibrated"): KL(π_θ ‖ π_SFT) on the step means. Swept
+    # on the oracle-map and placebo arms, 40 steps × 3 seeds (README "The anchor"): at 0 the placebo's random
+    # walk cost 0.024 of gold with a 0.038 spread between seeds; at 1 it stays at SFT's (±0.001) while the
+    # oracle still gains 2.7 SE. lam_sft, the other candidate, made both arms worse at every weight tried.
+    beta_kl: float = 1.0  # KL to the SFT policy on step means (pg); 0 = no anchor
     lam_sft: float = 0.0  # supervised loss as a regulariser (pg; refl uses lam_sft_refl)
     lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
     refl_last: int = 3  # refl: stop at one of the last refl_last steps (ImageReward: steps 30–39 of 40)
@@ -361,13 +368,18 @@ def refl_step(policy, source, sched, step, hr, lr, cfg, gen):
 # ----------------------------------------------------------------------------------------------------
 
 
-def draw(pool, step: int, cfg, rank: int, dev):
-    """This step's (HR, LR) batch and rollout-noise generator, from (seed, rank, step) alone: every rank draws
-    different images, and --resume continues the exact streams without storing any generator state."""
+def draw(pool, step: int, cfg, rank: int):
+    """This step's (HR, LR) batch on the CPU, from (seed, rank, step) alone: each rank draws other images,
+    --resume continues the exact stream without any stored generator state, and a prefetch thread can draw
+    step + 1 while step trains (config.prefetch)."""
     g = config.generator("rl/draw", cfg.seed, step, rank)
-    hr, lr = pool.pairs(cfg.batch, cfg.crop, g, functools.partial(sft.draw_strength, cfg, g))  # on the CPU
-    gen = config.generator("rl/noise", cfg.seed, step, rank, device=dev)
-    return hr.to(dev), lr.to(dev), gen
+    return pool.pairs(cfg.batch, cfg.crop, g, functools.partial(sft.draw_strength, cfg, g))
+
+
+def to_device(batch, step: int, cfg, rank: int, dev):
+    """(HR, LR) on the device, and the step's rollout-noise generator there, also from (seed, rank, step)."""
+    hr, lr = (x.to(dev, non_blocking=True) for x in batch)
+    return hr, lr, config.generator("rl/noise", cfg.seed, step, rank, device=dev)
 
 
 def rl_update(
@@ -448,6 +460,8 @@ def main(cfg: Config) -> str:
     # The reward source (rewards.py) gives the reward; RM_N is also the judge logged as reward_final in every
     # run, whatever its source, so the curves of all arms compare.
     coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None  # the RMs that learn (copies)
+    for r in rms:  # the frozen ones: rewards and the reward_final judge
+        config.compile_module(r, dev, cfg.compile)
     source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
     # The policy samples with the K and eta RL trains it with: saved in policy.json, upscale()'s defaults.
     policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta
@@ -458,6 +472,7 @@ def main(cfg: Config) -> str:
     if ref is not None:  # the same precision as the policy, or rounding alone would read as KL
         ref.speed(config.amp_dtype(cfg.amp), cfg.channels_last)
     policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
+    config.compile_module(policy.unet, dev, cfg.compile)
     policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
     # The global RNG (sft_loss's timesteps and noise: ReFL's regulariser, pg's lam_sft) differs per rank.
     torch.manual_seed(config.seed("rl/global", cfg.seed, rank))
@@ -496,8 +511,10 @@ def main(cfg: Config) -> str:
             opt.step()
         opt.zero_grad(set_to_none=True)
 
+    # The batches: drawn on the CPU, one step ahead in a thread on CUDA (config.prefetch).
+    batches = config.prefetch(lambda s: draw(pool, s, cfg, rank), range(start, cfg.steps), dev.type == "cuda")
     bar = tqdm(
-        range(start, cfg.steps),
+        batches,
         desc=f"RL {cfg.algo}/{cfg.curriculum}",
         initial=start,
         total=cfg.steps,
@@ -505,12 +522,12 @@ def main(cfg: Config) -> str:
     )
     resume_at = start  # the first step not yet applied: where a Ctrl-C continues
     try:
-        for step in bar:
+        for step, batch in bar:
             stage = sched.stage_at(step)
             if step > 0 and stage != sched.stage_at(step - 1):  # a curriculum switch: checkpoint first
                 if main_rank:
                     save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
-            hr, lr, gen = draw(pool, step, cfg, rank, dev)
+            hr, lr, gen = to_device(batch, step, cfg, rank, dev)
             logged = step % cfg.log_every == 0 or step == cfg.steps - 1
             probe = step == 0 and cfg.algo == "pg"  # once per run: each DDIM step's share of the gradient
             stats, sr = rl_update(
@@ -576,6 +593,7 @@ def main(cfg: Config) -> str:
         log.close()
         raise SystemExit(f"interrupted at RL step {resume_at}: state saved; continue with --resume") from None
     log.close()
+    nan.done()  # the run ended on non-finite steps: a failed run (exit non-zero), no final checkpoint
     if main_rank:
         save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{sched.stage_at(cfg.steps - 1)}"))
         save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))

@@ -32,7 +32,7 @@ import config
 import data
 from curriculum import rm_difficulty, val_difficulty
 from metrics import label_map
-from rm import RMConfig, freeze, grow, load_rm, make_rm, n_params, rm_losses, save_rm
+from rm import GROUP_SCORE, RMConfig, freeze, group_loss, grow, load_rm, make_rm, n_params, rm_losses, save_rm
 
 
 @dataclass
@@ -74,6 +74,7 @@ class Config:
     amp: str = "fp32"  # fp32 | bf16: autocast of the RM forward (the losses reduce in fp32)
     channels_last: bool = False  # NHWC memory format: faster convolutions on tensor cores
     tf32: bool = False  # CUDA: TF32 matmuls/convolutions and cuDNN autotuning (process-wide once set)
+    compile: bool = False  # torch.compile of the RM forward, static shapes (config.compile_module)
 
     def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
         c = config
@@ -267,16 +268,32 @@ def policy_groups(policy, hr: torch.Tensor, lr: torch.Tensor, G: int, g: torch.G
     return {"sr": sr, "hr": hr_g, "dmap": dmap, "gold": 1 - dmap.mean((1, 2, 3)), "G": G}
 
 
-def policy_bank(policy_dirs: str, pool, n: int, G: int, crop: int, drifts: tuple, drift_lr: float, g, dev):
-    """Policy samples for the RM, made once (sampling inside every RM step would cost more than the step):
-    n LR crops × G samples, the LR crops spread evenly over the given policies and the drifted copies of the
-    first (drift(): drifts = Adam steps per copy; 0 = the policy itself). Returns policy_groups' dict."""
+def policies(policy_dirs: str, drifts: tuple, drift_lr: float, pool, crop: int, g, dev) -> list:
+    """The given policies (comma-separated dirs) and drifted copies of the first (drift(): drifts = Adam steps
+    per copy; a 0 among them keeps the given ones)."""
     from policy import load_policy  # imported here: train_rm needs no diffusers unless --policy is given
 
     given = [load_policy(d, dev) for d in policy_dirs.split(",") if d]
-    pols = given + [drift(given[0], k, drift_lr, pool, crop, g) for k in drifts if k > 0]
-    if 0 not in drifts:
-        pols = pols[len(given) :] or given
+    drifted = [drift(given[0], k, drift_lr, pool, crop, g) for k in drifts if k > 0]
+    return (given if 0 in drifts else []) + drifted or given
+
+
+def policy_member(pols: list):
+    """The SR-zoo hook (data.sr_zoo): a sample of one of the policies, at the K and eta each was trained to
+    sample with (RL's), for the zoo's own HR crops, as FGR-30k uses several diffusion SR models' outputs."""
+
+    @torch.no_grad()
+    def member(hr, lr, strength, g):
+        pol = pols[int(torch.randint(len(pols), (), generator=g))]
+        gen = torch.Generator(lr.device).manual_seed(int(torch.randint(2**62, (), generator=g)))
+        return pol.upscale(lr, generator=gen)
+
+    return member
+
+
+def policy_bank(pols: list, pool, n: int, G: int, crop: int, g):
+    """Policy samples in groups for L_group, made once (sampling G per LR inside every RM step would cost
+    more than the step): n LR crops × G samples, the crops spread evenly over the policies."""
     hr, lr = pool.pairs(n, crop, g, lambda: 0.5 * float(torch.rand((), generator=g)), groups=4)
     parts = [
         policy_groups(pols[i % len(pols)], hr[i :: len(pols)], lr[i :: len(pols)], G, g)
@@ -290,22 +307,24 @@ def main(cfg: Config) -> str:
     main_rank, rank = config.is_main(), config.rank()
     amp = config.amp_dtype(cfg.amp)
     config.fast_math(dev, cfg.tf32)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     # The inputs first — data, held-out set, policy bank, resume state — so a run that fails on them leaves
     # whatever is in out_dir untouched; only then the log (config.open_log).
     pool = data.load_pool(cfg.data, "train", cfg.crop)
     v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
-    bank = None
-    if cfg.policy:  # policy samples: the training photos' bank, and a held-out one for the table
-        g = config.generator("rm/bank", cfg.seed, rank)
+    bank, hooks = None, None
+    if (
+        cfg.policy
+    ):  # policy samples: a zoo member, a bank of groups for L_group, a held-out bank for the table
+        g = config.generator("rm/policies", cfg.seed)
+        pols = policies(cfg.policy, cfg.drifts, cfg.drift_lr, pool, cfg.crop, g, dev)
+        hooks = [policy_member(pols)]
         bank = policy_bank(
-            cfg.policy, pool, cfg.bank, cfg.bank_group, cfg.crop, cfg.drifts, cfg.drift_lr, g, dev
+            pols, pool, cfg.bank, cfg.bank_group, cfg.crop, config.generator("rm/bank", cfg.seed)
         )
         if main_rank:
             g = config.generator("rm/val_bank", cfg.seed)
             val_pool = data.load_pool(cfg.data, "val" if cfg.data == "builtin" else "train", cfg.crop)
-            v["policy"] = policy_bank(cfg.policy, val_pool, 16, cfg.bank_group, cfg.crop, cfg.drifts,
-                                      cfg.drift_lr, g, dev)  # fmt: skip
+            v["policy"] = policy_bank(pols, val_pool, 16, cfg.bank_group, cfg.crop, g)
     st = config.resume_state(cfg)
     start_stage, start_step = (int(st["stage"]), int(st["step"])) if st else (0, 0)
     rows = json.loads(st["rows"]) if st else []
@@ -316,6 +335,8 @@ def main(cfg: Config) -> str:
     log = config.open_log(cfg, "train_rm", keep)
     print(f"resuming at stage {start_stage}, step {start_step}") if st and main_rank else None
 
+    torch.manual_seed(config.seed("rm/init", cfg.seed))  # RM_0's init: the same on every rank, and
+    # independent of what loading the inputs drew from the global RNG (diffusers' from_pretrained does)
     model = make_rm(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
     base = opt = None  # base: S_base = the frozen RM_0, L_align's anchor (method.md §3)
     nan = config.NanGuard("train_rm")
@@ -337,6 +358,7 @@ def main(cfg: Config) -> str:
             model.train()
             if cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
+            config.compile_module(model, dev, cfg.compile)
             opt = torch.optim.AdamW(
                 model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda"
             )
@@ -357,14 +379,20 @@ def main(cfg: Config) -> str:
                 # and --resume continues the same streams without any stored generator state.
                 g = config.generator("rm/draw", cfg.seed, stage, step, rank)
                 batch = data.fgr_batch(
-                    pool, cfg.batch, cfg.crop, diff, g, None, dev, p_classical=cfg.p_classical
+                    pool, cfg.batch, cfg.crop, diff, g, hooks, dev, p_classical=cfg.p_classical
                 )
-                if bank is not None:  # + policy samples, in groups of one LR at the end (L_group)
-                    batch = data.merge(batch, data.group_triplets(bank, cfg.bank_groups, diff.area, g))
                 with config.autocast(dev, amp):  # bf16 forward with --amp=bf16; backward follows its dtypes
                     lam = dict(lam_map=cfg.lam_map, lam_rank=cfg.lam_rank, lam_gold=cfg.lam_gold)
                     lam.update(lam_align=cfg.lam_align if stage else 0.0, lam_group=cfg.lam_group)
                     loss, parts = rm_losses(net, batch, base, **lam, m1=cfg.m1, m2=cfg.m2, bce=cfg.bce)
+                    if bank is not None and cfg.lam_group > 0:  # L_group: the bank's groups, a forward apart
+                        gb = data.group_triplets(bank, cfg.bank_groups, diff.area, g)
+                        out = net(gb["sr"], full=True)
+                        ls, lm = group_loss(
+                            out["score"], out["logits"], gb["gold_sr"], gb["dmap_sr"], gb["group"]
+                        )
+                        parts["group"] = (GROUP_SCORE * ls + lm).detach()
+                        loss = loss + cfg.lam_group * (GROUP_SCORE * ls + lm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -389,9 +417,8 @@ def main(cfg: Config) -> str:
                 resume_at = step + 1
                 if resume_at % cfg.ckpt_every == 0 and resume_at < n_steps:  # a resume point inside a stage
                     save_state(stage, resume_at, model, opt)
-            if (
-                not main_rank
-            ):  # rank 0 saves and validates; the others wait for rm_stage{k}/ before growing it
+            nan.done()  # the stage ended on non-finite steps: a failed run (exit non-zero), nothing saved
+            if not main_rank:  # rank 0 saves and validates; the others wait for its rm_stage{k}/
                 config.barrier()
                 continue
             save_rm(

@@ -59,10 +59,11 @@ def test_main_prints_rows_and_writes_json(tmp_path, capsys):
     for kind in ("pg", "refl"):  # the printed line is the JSON's number, rounded
         assert f"efficiency {kind} cpu {cpu[kind]['efficiency']:.2f}" in lines
     # The call counter against train_rl's loop, counted by hand (the comment in bench_preset): pg at ccl stage
-    # 0 = K rollout forwards + RM_0 (reward) and RM_3 (reward_final) forwards + n_train = ceil(0.5·K) = 1
-    # forward+backward, all at B·G = 2. refl: the step with grad + sft_loss, each a forward+backward at B = 1,
+    # 0 = K rollout forwards + one no-grad forward of the KL anchor (beta_kl > 0) per trained step + RM_0
+    # (reward) and RM_3 (reward_final) forwards + n_train = 1 forward+backward (the one step above the σ
+    # floor: the last of K = 2 is never trained), all at B·G = 2. refl: the step with grad + sft_loss, each a forward+backward at B = 1,
     # RM_0's reward backpropagated, RM_3 logged, and `stop` no-grad forwards, stop in K − refl_last … K − 1.
-    assert cpu["pg"]["work"] == {"unet fwd@2": 2, "rm0 fwd@2": 1, "rm3 fwd@2": 1, "unet fwd+bwd@2": 1}
+    assert cpu["pg"]["work"] == {"unet fwd@2": 3, "rm0 fwd@2": 1, "rm3 fwd@2": 1, "unet fwd+bwd@2": 1}
     work = dict(cpu["refl"]["work"])
     assert work.pop("unet fwd@1", 0) in (0, 1)
     assert work == {"unet fwd+bwd@1": 2, "rm0 fwd+bwd@1": 1, "rm3 fwd@1": 1}
@@ -85,7 +86,9 @@ def tiny():
         torch.nn.init.normal_(r.map_stats.weight, std=1.0)
     # ppo_clip 1: that kernel noise (above) puts a few ratios just outside DDPO's 1 ± 1e-4 in one path and not
     # the other, zeroing those pixels' gradient there; a wide clip compares the surrogate's maths itself.
-    rl = train_rl.Config(crop=32, batch=1, group=3, sample_steps=3, unet_channels=(8, 16), ppo_clip=1.0)
+    rl = train_rl.Config(
+        crop=32, batch=1, group=3, sample_steps=3, unet_channels=(8, 16), ppo_clip=1.0, beta_kl=0.0
+    )
     return policy, rms, rl
 
 

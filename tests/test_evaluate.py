@@ -160,7 +160,7 @@ def report(tmp_path_factory):
 def test_main_writes_report_results_and_figures(report):
     for f in ("report.md", "results.json", "curves.png", "samples.png", "rm_maps.png", "config.json"):
         assert os.path.isfile(os.path.join(report, f)), f
-    arms = ("placebo", "global", "none", "ccl", "oracle_map")
+    arms = ("placebo", "global", "none", "ccl", "oracle_map", "ccl_coevolve")
     for run in (
         "sft/policy_sft",
         "rm/rm_stage3",

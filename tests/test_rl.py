@@ -29,6 +29,8 @@ TINY_RL = dict(
     blend=1,
     coevolve_steps=1,
 )
+# pg_step / refl_step called alone: no KL anchor (it needs the reference policy train_rl.main loads)
+STEP = {**{k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__}, "beta_kl": 0.0}
 
 
 def test_local_penalty_and_pixel_advantages_by_hand():
@@ -126,7 +128,7 @@ def src(rms):
 
 def test_equal_rewards_and_maps_give_zero_gradient(tiny):
     policy, rms = tiny
-    cfg = train_rl.Config(**{k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__})
+    cfg = train_rl.Config(**STEP)
     lr = torch.rand(1, 3, 8, 8)
     # every sample of the group identical → equal rewards and maps → A = D = 0 → no gradient, 1 flat group
     gen = torch.Generator().manual_seed(0)
@@ -146,7 +148,7 @@ def test_equal_rewards_and_maps_give_zero_gradient(tiny):
 
 def test_refl_step_grads_into_unet_not_rm(tiny):
     policy, rms = tiny
-    cfg = train_rl.Config(**{k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__})
+    cfg = train_rl.Config(**STEP)
     policy.zero_grad()
     sched = train_rl.Schedule("none", 3, 2)
     hr = torch.rand(2, 3, 32, 32)
@@ -243,7 +245,7 @@ def test_ppo_epochs_step_between_passes_so_the_clip_binds(tiny):
     # With one pass the ratio is exactly 1 (θ = θ_old) and nothing is clipped; with two passes the optimiser
     # steps in between, so the second pass sees θ ≠ θ_old and a tight clip binds on some pixels.
     policy, rms = tiny
-    base = {k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__}
+    base = STEP
     opt = torch.optim.SGD(policy.unet.parameters(), lr=1.0)
     calls = []
 
@@ -285,7 +287,7 @@ def test_bf16_channels_last_run_keeps_fp32_logprobs(tmp_path, rm_dir, sft_dir):
 def test_micro_batch_recompute_gives_the_same_gradient(tiny):
     # Chunking the log-prob recompute (the gpu preset's memory bound) must not change the update.
     policy, rms = tiny
-    base = {k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__}
+    base = STEP
     lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)  # B·G = 4 samples
     sched = train_rl.Schedule("none", 3, 2)
     grads = {}
@@ -301,7 +303,7 @@ def test_micro_batch_recompute_gives_the_same_gradient(tiny):
 
 def test_bad_ppo_settings_are_clear_errors(tiny, tmp_path):
     policy, rms = tiny
-    base = {k: v for k, v in TINY_RL.items() if k in train_rl.Config.__annotations__}
+    base = STEP
     cfg = train_rl.Config(**{**base, "ppo_epochs": 2})
     lr, hr, sched = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32), train_rl.Schedule("none", 3, 2)
     with pytest.raises(ValueError, match="needs inner_update"):  # passes would pile up into a doubled step
