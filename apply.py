@@ -10,7 +10,7 @@ its degradation map M as a red overlay (<name>_dmap.png); `upscale` writes the �
 --data=lr:LR_DIR adds every image of that folder to the inputs. `score --policy=DIR` first upscales each
 input with the policy and scores the result: the paper's no-reference protocol for LR-only test sets
 (RealLR200, RealLQ250; method.md §6) — RM scores and maps only, as there is no HR for PSNR or the gold judge.
-Any size and any Pillow-readable image (grey, RGBA, 16-bit: data.to_rgb_float) works; an unreadable file is
+Any size and any Pillow-readable image (grey, RGBA, 16-bit: images.to_rgb_float) works; an unreadable file is
 reported and skipped. Both models are convolutional but have a total stride, so an image is padded
 (reflect) to a multiple of it and the output cropped back; a large image is cut into overlapping tiles,
 run in batches of tiles, and the outputs are blended with linear ramps over the overlaps (no seams).
@@ -27,6 +27,9 @@ from tqdm import tqdm
 
 import config
 import data
+import images
+import ldm  # noqa: F401  (registers LDM SR pipelines with load_policy: --policy may be one)
+import rundir
 from policy import POLICY_FIX, load_policy
 from rm import load_rm
 
@@ -61,7 +64,7 @@ def read_images(paths):
     for p in paths:
         try:
             with Image.open(p) as im:
-                yield p, data.to_rgb_float(im)[None]
+                yield p, images.to_rgb_float(im)[None]
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             print(f"skipped {p}: {type(e).__name__}: {e}")
 
@@ -125,7 +128,7 @@ def inputs(cfg, paths: list) -> list:
         return list(paths)
     if not cfg.data.startswith("lr:"):
         raise config.ConfigError(f"--data={cfg.data}: score and upscale take lr:LR_DIR (or image paths)")
-    return list(paths) + data.lr_files(cfg.data)
+    return list(paths) + images.lr_files(cfg.data)
 
 
 def upscaler(cfg, dev):
@@ -149,7 +152,7 @@ def score(cfg, paths: list) -> list:
         raise config.ConfigError("score needs image paths: python evaluate.py score IMAGES --rm=DIR")
     dev = config.pick_device(cfg.device)
     rm = load_rm(cfg.rm, dev)
-    tile = cfg.tile or int(config.read_kind(cfg.rm, "rm", "python train_rm.py").get("crop", SCORE_TILE))
+    tile = cfg.tile or int(rundir.read_kind(cfg.rm, "rm", "python train_rm.py").get("crop", SCORE_TILE))
     up = upscaler(cfg, dev) if cfg.policy else None  # no-reference evaluation of a policy's outputs
     os.makedirs(cfg.out_dir, exist_ok=True)
 

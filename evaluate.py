@@ -37,11 +37,15 @@ import torch
 
 import config
 import data
+import images
+import report
+import rundir
 import train_rl
 import train_rm
 from apply import score, upscale
-from metrics import label_map, psnr_y, ssim_map_y
+from metrics import format_table, label_map, policy_metrics, psnr_y, ssim_map_y, validate
 from policy import load_policy
+from rm import load_stages
 
 
 @dataclass
@@ -87,11 +91,10 @@ class Config:
         )  # fmt: skip
 
 
-PRESETS = {
-    "cpu": {},
-    # One GPU: train_rm/train_rl switch to their gpu presets too; longer arms, more held-out crops.
-    "gpu": {"arm_steps": 1000, "eval_n": 128},
-}
+# GPU presets: train_rm / train_rl switch to their presets of the same name too. gpu: sized to finish in
+# minutes on one H200 (README: pending a measurement); gpu_full: a long run (its time: README's estimate).
+PRESETS = {"cpu": {}, "gpu": {"arm_steps": 200, "eval_n": 64, "eval_crop": 128},
+           "gpu_full": {"arm_steps": 1000, "eval_n": 128, "eval_crop": 256}}  # fmt: skip
 # The RL arms: the reward source and curriculum each trains with (train_rl --reward / --curriculum).
 ARMS = {
     "placebo": dict(reward="placebo", curriculum="global"),  # control: random rewards, no map
@@ -130,11 +133,11 @@ def sub_config(cls, presets: dict, preset: str, args: str, **fixed):
 def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
     """main_fn(cfg) unless cfg.out_dir holds a finished run of exactly this config, newer than its inputs."""
     path = os.path.join(cfg.out_dir, "config.json")
-    want = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as config.save_config wrote it
+    want = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as rundir.save_config wrote it
     done = os.path.isfile(final) and os.path.isfile(path)
     if done:
         with open(path) as f:
-            saved = {k: v for k, v in json.load(f).items() if k != "_script"}  # config.save_config's tag
+            saved = {k: v for k, v in json.load(f).items() if k != "_script"}  # rundir.save_config's tag
         same = saved == want
         done = same and all(os.path.getmtime(final) >= os.path.getmtime(i) for i in inputs)
     if done:
@@ -223,14 +226,6 @@ def instability(values, tail: float = 0.2, window: int = 5) -> tuple[float, floa
     return tail_std, float((means[:-1] - means[1:]).max().clamp_min(0))
 
 
-def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
-    """Mean of the last ≤ w values at every index (the training curves' smoothing), by cumulative sums."""
-    c = torch.cat([v.new_zeros(1), v.cumsum(0)])
-    i = torch.arange(1, len(v) + 1)
-    lo = (i - w).clamp(min=0)
-    return (c[i] - c[lo]) / (i - lo)
-
-
 def mean_se(vals: list, trained: bool = True) -> tuple[float, float]:
     """(mean, standard error of the mean) over training seeds. An arm that is not trained (bicubic, SFT: one
     fixed policy) has no seed noise: SE 0. A trained arm with one seed has an unknown SE: NaN."""
@@ -261,11 +256,11 @@ def outcome(d: float, se: float) -> str:
 
 
 def eval_set(cfg: Config):
-    """The fixed held-out set: eval_n crops of the built-in held-out photos (data.HELDOUT_PHOTOS, never
+    """The fixed held-out set: eval_n crops of the built-in held-out photos (images.HELDOUT_PHOTOS, never
     trained on). First half: clean bicubic LR (strength 0, the classical protocol); second half: degraded
     at eval_degrade (real-world LR, as SFT and RL saw it). One generator seed: the same set for every arm."""
     g = config.generator("eval/set", cfg.seed)
-    hr = data.load_pool("builtin", "val", cfg.eval_crop).crops(cfg.eval_n, cfg.eval_crop, g)
+    hr = images.heldout_pool("builtin", cfg.eval_crop).crops(cfg.eval_n, cfg.eval_crop, g)
     half = cfg.eval_n // 2
     lr = torch.cat([data.degrade(hr[:half], 0.0, g), data.degrade(hr[half:], cfg.eval_degrade, g)])
     return hr, lr
@@ -318,11 +313,6 @@ def load_iqa(dev):
         return None, msg
 
 
-def rl_rows(run_dir: str) -> list:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r.get("phase") == "rl"]
-
-
 def evaluate_arms(cfg, arms, rms, dev, iqa):
     """Sample and judge every arm. Returns (results: name → metric → [one float per seed], shown samples).
 
@@ -343,7 +333,9 @@ def evaluate_arms(cfg, arms, rms, dev, iqa):
                 proxy = "proxy0" if run_dir and acfg.curriculum == "global" else "proxyN"
                 r["gap"] = hacking_gap(per[proxy], sft[proxy], 1 - per["gold"], 1 - sft["gold"])[0]
             if run_dir:  # instability of the training curve (bicubic, SFT have none)
-                r["tail_std"], r["max_drop"] = instability([x["reward_final"] for x in rl_rows(run_dir)])
+                r["tail_std"], r["max_drop"] = instability(
+                    [x["reward_final"] for x in report.rl_rows(run_dir)]
+                )
             for k, v in r.items():
                 res.setdefault(k, []).append(v)
             shown.setdefault(name, sr[0])  # the first sampling seed of the first training seed, for figures
@@ -362,15 +354,25 @@ POLICY_TABLE = ("sft", "placebo", "global", "ccl", "ccl_coevolve")  # whose samp
 def rm_on_policies(cfg, arms, rms, dev) -> list:
     """Does the RM see what RL paints? For each policy of POLICY_TABLE (training seed 0) G = 4 samples of
     every other held-out crop, and every RM stage's map AUROC against the gold map and within-group rank
-    correlation with gold (train_rm.policy_metrics; the global arm's policy is the hacked one)."""
+    correlation with gold (policy_metrics; the global arm's policy is the hacked one)."""
     hr, lr = eval_set(cfg)
     rows, g = [], config.generator("eval/policy_groups", cfg.seed)
     for name in (n for n in POLICY_TABLE if n in arms):
         groups = train_rm.policy_groups(load_policy(arms[name][0][1], dev), hr[::2], lr[::2], 4, g)
-        rows += [
-            {"policy": name, "stage": k, **train_rm.policy_metrics(rm, groups)} for k, rm in enumerate(rms)
-        ]
+        rows += [{"policy": name, "stage": k, **policy_metrics(rm, groups)} for k, rm in enumerate(rms)]
     return rows
+
+
+def summary(run_dir: str) -> tuple:
+    """("a → b" of reward_final, of gold): means over the first and the last 10 % of a run's RL rows — did RL
+    raise RM_N's score, and did the gold judge agree (hacking = proxy up, gold not)? ("", "") if not RL."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = report.rl_rows(run_dir) if os.path.isfile(path) else []
+    if not rows:
+        return "", ""
+    n = max(1, len(rows) // 10)
+    mean = lambda part, key: sum(r[key] for r in part) / len(part)  # noqa: E731
+    return tuple(f"{mean(rows[:n], k):.3f} → {mean(rows[-n:], k):.3f}" for k in ("reward_final", "gold"))
 
 
 def verdicts(results: dict, trained: set) -> dict:
@@ -389,196 +391,34 @@ def verdicts(results: dict, trained: set) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# 4. Tables, figures, report
-
-
-COLUMNS = [("gold", "gold M̄ ↓"), ("gain", "oracle-norm. gain ↑"), ("psnr", "PSNR-Y ↑"), ("ssim", "SSIM-Y ↑")]
-COLUMNS += [("area", "artifact area ↓"), ("judge_ssim", "1−SSIM ↓"), ("judge_pix", "pixel judge ↓")]
-COLUMNS += [("proxy0", "RM_0 ↑"), ("proxyN", "RM_N ↑"), ("gap_vs_placebo", "hacking gap − placebo's ↓")]
-COLUMNS += [("tail_std", "tail std ↓")]
-
-
-def md_table(header: list, rows: list) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
-def cell(vals) -> str:
-    """Mean over seeds, ± their std when there are several; '—' for a missing or NaN value."""
-    v = [x for x in vals or [] if x is not None and x == x]
-    if not v:
-        return "—"
-    m = sum(v) / len(v)
-    return f"{m:.4g}" if len(v) == 1 else f"{m:.4g} ± {torch.tensor(v).std().item():.2g}"
-
-
-def arm_table(results: dict, extra: list) -> str:
-    gap0 = mean_se(results.get("placebo", {}).get("gap", []))[0]
-    cols = COLUMNS + [(k, k.upper()) for k in extra]
-    rows = []
-    for name, res in results.items():
-        res = {**res, "gap_vs_placebo": [g - gap0 for g in res.get("gap", [])]}
-        rows.append([name] + [cell(res.get(k)) for k, _ in cols])
-    return md_table(["arm"] + [h for _, h in cols], rows)
-
-
-def rm_table(rows: list) -> str:
-    keys = [k for k in rows[0] if k != "stage"]
-    f = lambda x: "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
-    return md_table(["stage"] + keys, [[f"RM_{r['stage']}"] + [f(r[k]) for k in keys] for r in rows])
-
-
-def image_grid(plt, titles: list, rows: list, path: str) -> None:
-    """A grid figure: rows of cells (image (C, H, W) or None, label); 1-channel maps in magma, [0, 1]."""
-    fig, axes = plt.subplots(
-        len(rows), len(titles), figsize=(1.7 * len(titles), 1.8 * len(rows)), squeeze=False
-    )
-    for j, t in enumerate(titles):
-        axes[0, j].set_title(t, fontsize=8)
-    for i, row in enumerate(rows):
-        for ax, (x, label) in zip(axes[i], row):
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_frame_on(x is not None)
-            if x is not None:
-                kw = dict(cmap="magma", vmin=0, vmax=1) if x.shape[0] == 1 else {}
-                ax.imshow(x[0].numpy() if x.shape[0] == 1 else x.clamp(0, 1).permute(1, 2, 0).numpy(), **kw)
-            ax.set_xlabel(label, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-@torch.no_grad()
-def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
-    """curves.png (the paper's Fig. 1b), samples.png (Fig. 1c) and rm_maps.png in out_dir."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    # Fig. 1b: reward_final (RM_N's score, comparable across arms and reward sources) and gold per RL step:
-    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for i, (name, runs) in enumerate((n, r) for n, r in arms.items() if r[0][0]):
-        curves = [rl_rows(run_dir) for run_dir, _, _ in runs]
-        steps = [x["step"] for x in curves[0]]
-        ls = "--" if name in ("placebo", "oracle_map", "oracle_score") else "-"
-        for ax, key in zip(axes, ("reward_final", "gold")):
-            v = torch.tensor([[x[key] for x in rows] for rows in curves], dtype=torch.float64)
-            for seed_curve in v:
-                ax.plot(steps, seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
-            ax.plot(steps, trailing_mean(v.mean(0), 5), color=f"C{i}", lw=1.6, ls=ls, label=name)
-    for ax, t in zip(axes, ("reward_final (RM_N score) ↑", "gold (mean label map vs HR) ↓")):
-        ax.set(xlabel="RL step", title=t)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
-    # Fig. 1c: for each shown crop, a row of images (LR, every arm's SR, HR) and below it the gold judge's map
-    # of each SR: the artifacts themselves stay visible, and the map says where the judge sees them.
-    hr, lr, srs = shown
-    idx = torch.linspace(0, len(hr) - 1, cfg.n_show).round().long()  # spread over clean and degraded halves
-    rows = []
-    for i in idx.tolist():
-        maps = {n: label_map(s[i : i + 1], hr[i : i + 1])[0] for n, s in srs.items()}
-        rows.append([(data.upsample(lr[i : i + 1], "nearest")[0], "LR")] + [(s[i], "") for s in srs.values()])
-        rows[-1].append((hr[i], "HR"))
-        rows.append([(None, "")] + [(m, f"gold {m.mean():.3f}") for m in maps.values()] + [(None, "")])
-    image_grid(plt, ["LR"] + list(srs) + ["HR"], rows, os.path.join(out_dir, "samples.png"))
-    # RM maps on held-out FGR examples: image | label map | RM_1 … RM_N maps.
-    order = val["dmap_syn"].mean((1, 2, 3)).argsort(descending=True)
-    pick = order[torch.linspace(0, len(order) // 2, cfg.n_show).long()]  # clear cases, not only the easiest
-    x, dev = val["syn"][pick], next(rms[0].parameters()).device
-    cols = [x, val["dmap_syn"][pick]] + [rm(x.to(dev))[1].cpu() for rm in rms[1:]]
-    rows = [[(c[i], "") for c in cols] for i in range(len(pick))]
-    titles = ["image", "label map"] + [f"RM_{k}" for k in range(1, len(rms))]
-    image_grid(plt, titles, rows, os.path.join(out_dir, "rm_maps.png"))
-    plt.close("all")
-
-
-def report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, pol_rows, runs, iqa_msg) -> str:
-    """report.md, from the same numbers as results.json."""
-    lines = [
-        f"- **{c}: {o}** — difference {d:+.4g} ± {se:.2g} (SE over seeds)" for c, (o, d, se) in found.items()
-    ]
-    return f"""# FinPercep-RM in the toy world: the comparison of method.md §6
-
-Generated by `python evaluate.py` in {t_all / 60:.1f} min ({t_train / 60:.1f} min training) on {dev};
-{cfg.arm_steps} RL steps per arm, {cfg.n_seeds} training seeds per RL arm, algorithm {cfg.algo}.
-
-## Verdicts (generated from the numbers below by `evaluate.verdicts`)
-{chr(10).join(lines)}
-
-The rule, one for every claim: a difference between two arms counts when it exceeds {K_SE} standard errors
-over training seeds (SE = sqrt(SE_a² + SE_b²); bicubic and SFT are single fixed policies with SE 0; one seed
-gives no SE, so "within noise"). "reproduced" = beyond noise in the claim's direction, "not reproduced" =
-beyond noise against it. Hacking: the global arm's RM_0 score exceeds the placebo's beyond noise while its
-gold is not better beyond noise.
-
-## The arms on held-out crops
-{cfg.eval_n} crops of {cfg.eval_crop}×{cfg.eval_crop} px from the held-out photos
-({", ".join(data.HELDOUT_PHOTOS)}), ×4; the first half from clean bicubic LR, the second from LR degraded
-at strength {cfg.eval_degrade}; each policy sampled with the K and eta it was trained with,
-{cfg.eval_seeds} sampling seed(s). Mean ± std over training seeds.
-
-{table}
-
-gold M̄ = mean label map vs HR (the gold judge, lower = better); oracle-normalised gain = (gold_SFT −
-gold_arm) / (gold_SFT − gold_oracle_map): 0 = SFT, 1 = the oracle; artifact area = share of pixels with label
-map > 0.1; judges the RMs never learned from: 1 − SSIM and the label function's pixel term alone (α = 1);
-RM_0, RM_N = the proxies' mean scores; hacking gap = Δproxy z − Δgold z against SFT (in stds of the SFT
-outputs; proxy = the stage the arm optimised last), shown minus the placebo's (what noise alone does);
-tail std = std of reward_final over the last 20 % of RL steps. {iqa_msg}
-
-## Reward-model stages (train_rm.validate on its held-out triplets)
-{rm_table(rm_rows)}
-
-## Reward models on what the policies paint (train_rm.policy_metrics)
-G = 4 samples of each of {cfg.eval_n // 2} held-out LR crops per policy (training seed 0): pol_auroc = the
-map's AUROC against the gold map (> 0.1), pol_rank = within-group rank correlation of the score with gold
-quality (what the RL advantage compares). The global arm's policy is the one that hacked RM_0.
-
-{rm_table(pol_rows)}
-
-## Figures
-![training curves](curves.png)
-
-![samples: LR, every arm, HR; below each SR its gold degradation map](samples.png)
-
-![RM maps on held-out examples](rm_maps.png)
-
-## Runs
-{md_table(["run", "", "seconds"], runs)}
-"""
-
-
 def main(cfg: Config) -> str:
     t0 = time.time()
-    if data.parse_source(cfg.data)[0] == "lr":  # no HR: nothing to train on or judge against
+    if images.parse_source(cfg.data)[0] == "lr":  # no HR: nothing to train on or judge against
         raise config.ConfigError(f"--data={cfg.data} is for `evaluate.py score` / `upscale`: it has no HR")
     dev = config.pick_device(cfg.device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    other = config.run_script(cfg.out_dir)
+    other = rundir.run_script(cfg.out_dir)
     if other and other != "evaluate":
         raise config.ConfigError(
             f"--out_dir={cfg.out_dir} holds a {other}.py run; give evaluate another --out_dir"
         )
-    config.save_config(cfg, cfg.out_dir, "evaluate")
+    rundir.save_config(cfg, cfg.out_dir, "evaluate")
     log = []
     rcfg, arms = train_all(cfg, log)
     t_train = time.time() - t0
-    rms = train_rl.load_rms(rcfg.out_dir, dev)  # every stage, frozen
+    rms = load_stages(rcfg.out_dir, dev)  # every stage, frozen
     iqa, iqa_msg = load_iqa(dev)
     results, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
     found = verdicts(results, trained={n for n, runs in arms.items() if runs[0][0]})
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
     val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
-    rm_rows = [{"stage": k, **train_rm.validate(rm, val)} for k, rm in enumerate(rms)]
+    rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]
     pol_rows = rm_on_policies(cfg, arms, rms, dev)
-    figures(cfg, arms, rms, shown, val, cfg.out_dir)
+    report.figures(cfg, arms, rms, shown, val, cfg.out_dir)
     t_all = time.time() - t0
-    table = arm_table(results, list(iqa or {}))
-    runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}") for p, s, t in log]
-    text = report_text(cfg, dev, t_all, t_train, results, found, table, rm_rows, pol_rows, runs, iqa_msg)
+    table = report.arm_table(results, list(iqa or {}))
+    runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}", *summary(p)) for p, s, t in log]
+    text = report.report_text(cfg, dev, t_all, t_train, found, K_SE, table, rm_rows, pol_rows, runs, iqa_msg)
     with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
         f.write(text)
     keys = ("gold", "psnr", "ssim", "proxy0", "proxyN", "gain", "tail_std")  # results.json: per seed
@@ -589,8 +429,8 @@ def main(cfg: Config) -> str:
         "verdicts": {c: o for c, (o, _, _) in found.items()},
         "rm_on_policies": pol_rows,
     }
-    config.write_json(os.path.join(cfg.out_dir, "results.json"), out)
-    print(table + "\n\n" + train_rm.format_table(rm_rows) + "\n")
+    rundir.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    print(table + "\n\n" + format_table(rm_rows) + "\n")
     print("\n".join(f"{c}: {o}" for c, (o, _, _) in found.items()))
     print(f"report: {os.path.join(cfg.out_dir, 'report.md')} ({t_all / 60:.1f} min)")
     return cfg.out_dir

@@ -6,8 +6,8 @@
 
 Point --init_policy (or load_policy) at a directory with unet/, vqvae/, scheduler/ (and model_index.json),
 e.g. CompVis/ldm-super-resolution-4x-openimages that you downloaded yourself; nothing is fetched here.
-policy.py's Policy then runs with space="latent". What that means, following the pipeline's own __call__
-(diffusers/pipelines/latent_diffusion/pipeline_latent_diffusion_superresolution.py):
+LatentPolicy, a subclass of policy.py's Policy, then runs with space="latent". What that means, following the
+pipeline's own __call__ (diffusers/pipelines/latent_diffusion/pipeline_latent_diffusion_superresolution.py):
 - x lives in the VQ-f4 latent space at LR resolution: (B, C, h, w), C = vqvae latent_channels (3 for the
   CompVis model), unscaled (the pipeline applies no scaling_factor). The UNet input is cat([x_t, LR]) with
   LR in [-1, 1] at its own resolution, so unet.in_channels = C + 3. Epsilon prediction, as trained.
@@ -29,6 +29,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
 
 from config import ConfigError
+from policy import SPACES, Policy, PolicyConfig
 
 PIPELINE = "LDMSuperResolutionPipeline"  # model_index.json's _class_name for this layout
 FIX = "give a policy directory (python train_rl.py --sft_only) or an LDMSuperResolutionPipeline directory"
@@ -93,8 +94,7 @@ def _load(cls, path: str, sub: str):
 
 
 def load_ldm(path: str, meta: dict | None = None):
-    """A latent Policy from an LDM SR pipeline directory (ours with policy.json, or a bare diffusers one)."""
-    from policy import Policy, PolicyConfig  # here, lazily: policy.py imports this module at its top
+    """A LatentPolicy from an LDM SR pipeline directory (ours with policy.json, or a bare diffusers one)."""
 
     unet, vqvae = _load(UNet2DModel, path, "unet"), _load(VQModel, path, "vqvae")
     check_pair(unet, vqvae, path)
@@ -117,33 +117,60 @@ def load_ldm(path: str, meta: dict | None = None):
             "residual_scale": 1.0,  # pixel space only
         }
     )
-    return Policy(cfg, unet, scheduler, vqvae=vqvae)
-
-
-def save_ldm(policy, tmp: str) -> None:
-    """Write the policy as an LDMSuperResolutionPipeline (model_index.json, unet/, vqvae/, scheduler/), so it
-    also runs in diffusers' own pipeline; save_policy adds policy.json. Imported from its module path: the
-    top-level diffusers name needs transformers installed, which this project does not."""
-    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
-        LDMSuperResolutionPipeline,
-    )
-
-    LDMSuperResolutionPipeline(
-        vqvae=policy.vqvae, unet=policy.unet, scheduler=policy.scheduler
-    ).save_pretrained(tmp)
+    return LatentPolicy(cfg, unet, scheduler, vqvae)
 
 
 # ----------------------------------------------------------------------------------------------------
-# The latent space's encode / decode (called by Policy.encode / decode when space == "latent")
+# The latent policy: Policy with the four space-specific methods (and saving) overridden
 
 
-def vq_encode(vqvae: VQModel, hr: torch.Tensor) -> torch.Tensor:
-    """HR in [0, 1] → x0 latents (B, C, h, w): the encoder output before quantisation, as LDM trains on it."""
-    with torch.no_grad():  # the autoencoder is frozen: SFT's target, not a path for gradients
-        return vqvae.encode(hr * 2 - 1).latents
+class LatentPolicy(Policy):
+    """A Policy whose x lives in a frozen VQ autoencoder's latent space at LR size (module docstring). The
+    sampler, the log-probs, SFT and RL are Policy's own; only what the space changes is written here."""
+
+    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler, vqvae: VQModel):
+        super().__init__(cfg, unet, scheduler)
+        self.vqvae = vqvae.requires_grad_(False).eval()  # frozen: RL and SFT train the UNet only
+        self.lr_multiple = self.stride  # the UNet runs at LR size: its strides must divide the LR itself
+
+    def train(self, mode: bool = True) -> "LatentPolicy":
+        """nn.Module.train, except that the frozen VQ autoencoder stays in eval mode (it never trains)."""
+        super().train(mode)
+        self.vqvae.eval()
+        return self
+
+    def condition(self, lr: torch.Tensor) -> torch.Tensor:
+        """LR itself in [-1, 1] at LR resolution, concatenated as LDMSuperResolutionPipeline does."""
+        return lr * 2 - 1
+
+    def encode(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """HR in [0, 1] → x0 latents (B, C, h, w): the encoder output before quantisation, as LDM trains."""
+        with torch.no_grad():  # the autoencoder is frozen: SFT's target, not a path for gradients
+            return self.vqvae.encode(hr * 2 - 1).latents
+
+    def decode(self, x0: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """x0 latents → SR in [0, 1], quantised with the straight-through estimator (module docstring), so it
+        is differentiable w.r.t. x0 for ReFL. fp32: the decoder is not under the UNet's bf16 autocast."""
+        return (self.vqvae.decode(x0.float()).sample.clamp(-1, 1) + 1) / 2
+
+    def x_shape(self, cond: torch.Tensor) -> tuple:
+        """Shape of x_t: the vqvae's latent channels C at the LR size."""
+        return (cond.shape[0], self.vqvae.config.latent_channels, *cond.shape[-2:])
+
+    def input_size(self, h: int, w: int) -> str:
+        return f"LR {h}x{w}"  # what the UNet's strides must divide in latent space
+
+    def save_weights(self, tmp: str) -> None:
+        """An LDMSuperResolutionPipeline (model_index.json, unet/, vqvae/, scheduler/): diffusers' own
+        pipeline loads it; save_policy adds policy.json. Imported from its module path: the top-level
+        diffusers name needs transformers installed, which this project does not."""
+        from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
+            LDMSuperResolutionPipeline,
+        )
+
+        LDMSuperResolutionPipeline(
+            vqvae=self.vqvae, unet=self.unet, scheduler=self.scheduler
+        ).save_pretrained(tmp)
 
 
-def vq_decode(vqvae: VQModel, x0: torch.Tensor) -> torch.Tensor:
-    """x0 latents → SR in [0, 1], quantised with the straight-through estimator (module docstring), so it is
-    differentiable w.r.t. x0 for ReFL. fp32: the decoder is not under the UNet's bf16 autocast."""
-    return (vqvae.decode(x0.float()).sample.clamp(-1, 1) + 1) / 2
+SPACES["latent"] = (is_ldm_dir, load_ldm)  # load_policy now knows LDM SR directories (policy.SPACES)

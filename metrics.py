@@ -12,6 +12,8 @@ policy's reward goes up while this map does not go down, the policy is hacking t
     M = label_map(sr, hr)        # (B, 1, H, W) in [0, 1], higher = more degraded
     q = gold_quality(sr, hr)     # (B,) = 1 − mean(M), higher = better
     psnr_y(sr, hr), ssim_y(sr, hr)   # (B,) each, the classical SR protocol (Y channel, border = scale)
+    lr_consistency(sr, lr)       # (B,) |down(SR) − LR|: RL's optional consistency term
+    auroc(map, gold_map > 0.1), spearman(a, b), group_spearman(a, b, G)   # the RM tables' measures
 
 Everything is batched torch, differentiable and device-agnostic: RL calls it every step.
 """
@@ -19,6 +21,8 @@ Everything is batched torch, differentiable and device-agnostic: RL calls it eve
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+SCALE = 4  # the SR factor everywhere in this project (design.md: "Scale ×4"); data.py and policy.py use it
 
 # ----------------------------------------------------------------------------------------------------
 # The fixed, training-free feature φ [ours, method.md §2]. The paper uses DINOv3 features; offline we use
@@ -235,3 +239,115 @@ def ssim_map_y(x: torch.Tensor, ref: torch.Tensor, crop: int = 4) -> torch.Tenso
 def ssim_y(x: torch.Tensor, ref: torch.Tensor, crop: int = 4) -> torch.Tensor:
     """Mean SSIM on Y, (B,). Differentiable."""
     return ssim_map_y(x, ref, crop).mean((1, 2, 3))
+
+
+def lr_consistency(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """|down(SR) − LR| per image, (B,). Antialiased bicubic ×1/4 is what made clean LR (data.degrade at
+    strength 0), so this is exact for clean LR and only approximate for degraded LR (blur, noise, JPEG)."""
+    down = F.interpolate(sr, scale_factor=1 / SCALE, mode="bicubic", antialias=True, align_corners=False)
+    return (down - lr).abs().mean((1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------------
+# How well a reward model agrees with the gold judge (train_rm.validate, evaluate's RM tables)
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve by the rank-sum (Mann–Whitney U) formula; ties get their average rank."""
+    s, y = scores.flatten().double(), labels.flatten().bool()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = s.argsort()
+    ranks = torch.empty_like(s)
+    ranks[order] = torch.arange(1, len(s) + 1, dtype=s.dtype)
+    uniq, inv, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    if len(uniq) < len(s):  # average the ranks of tied values
+        sums = torch.zeros(len(uniq), dtype=s.dtype).scatter_add_(0, inv, ranks)
+        ranks = (sums / counts)[inv]
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (no tie correction: scores are continuous)."""
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+
+
+def group_spearman(a: torch.Tensor, b: torch.Tensor, G: int) -> float:
+    """Mean over groups of G adjacent entries of the Spearman correlation of a and b inside each group: does
+    the RM order the samples of one LR as gold does (what the RL advantage depends on)?"""
+    ra = a.view(-1, G).argsort(1).argsort(1).double()
+    rb = b.view(-1, G).argsort(1).argsort(1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)).mean())
+
+
+@torch.no_grad()
+def policy_metrics(model, groups: dict, batch: int = 64) -> dict:
+    """On policy samples in groups (policy_groups): pol_auroc, the map's AUROC against the gold map (> 0.1),
+    and pol_rank, the within-group rank correlation of the score with gold quality; None where not defined."""
+    p = next(model.parameters())
+    outs = [model(x.to(p.device)) for x in groups["sr"].split(batch)]
+    score = torch.cat([o[0] for o in outs]).cpu()
+    dmap = None if outs[0][1] is None else torch.cat([o[1] for o in outs]).cpu()
+    return {
+        "pol_auroc": None if dmap is None else auroc(dmap, groups["dmap"].cpu() > 0.1),
+        "pol_rank": group_spearman(score, groups["gold"].cpu(), groups["G"]),
+    }
+
+
+@torch.no_grad()
+def validate(model, v: dict, batch: int = 64) -> dict:
+    """The per-stage numbers of the issue, on the fixed set v. Map metrics are None at stage 0 (no map)."""
+    p = next(model.parameters())
+    run = lambda x: [t for t in zip(*(model(c.to(p.device)) for c in x.split(batch)))]  # noqa: E731
+    out = {}
+    for k in ("gt", "syn", "sr", "bicubic", "small"):
+        s, m = run(v[k])
+        out[k] = (torch.cat(s).cpu(), None if m[0] is None else torch.cat(m).cpu())
+    (s_gt, m_gt), (s_syn, m_syn), (s_sr, m_sr) = out["gt"], out["syn"], out["sr"]
+    if not all(torch.isfinite(s).all() for s, _ in out.values()):  # a NaN model gives no valid table
+        raise SystemExit("error: the reward model gives non-finite scores on the held-out set; lower --lr")
+    gold = torch.cat([v["gold_gt"], v["gold_syn"], v["gold_sr"]]).cpu()
+    clean_std = s_gt.std().clamp_min(1e-6)
+    r = {
+        "triplet_acc": float(((s_sr < s_syn) & (s_syn < s_gt)).float().mean()),
+        "spearman": spearman(torch.cat([s_gt, s_syn, s_sr]), gold),
+        "hr_gt_bicubic": float((s_gt > out["bicubic"][0]).float().mean()),
+        # local sensitivity: score drop from one small artifact, in units of the clean-score spread
+        "local_sens": float((s_gt - out["small"][0]).mean() / clean_std),
+        "map_l1": None,
+        "map_auroc": None,
+        "clean_map": None,
+    }
+    if m_syn is not None:
+        pred = torch.cat([m_syn, m_sr])
+        lab = torch.cat([v["dmap_syn"], v["dmap_sr"]]).cpu()
+        r["map_l1"] = float((pred - lab).abs().mean())
+        r["map_auroc"] = auroc(pred, lab > 0.1)  # positives: pixels the label function calls degraded
+        r["clean_map"] = float(m_gt.mean())  # false alarms on clean HR images
+    if "policy" in v:  # held-out policy samples (train_rm --policy): what RL will show this RM
+        r.update(policy_metrics(model, v["policy"], batch))
+    return r
+
+
+def format_table(rows: list[dict]) -> str:
+    """The per-stage table as fixed-width text (printed by train_rm and evaluate)."""
+    cols = [
+        "stage",
+        "map_auroc",
+        "map_l1",
+        "triplet_acc",
+        "spearman",
+        "hr_gt_bicubic",
+        "clean_map",
+        "local_sens",
+        "pol_auroc",
+        "pol_rank",
+    ]
+    f = lambda x: "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    lines = [" ".join(f"{c:>13}" for c in cols)]
+    lines += [" ".join(f"{f(r.get(c)):>13}" for c in cols) for r in rows]
+    return "\n".join(lines)

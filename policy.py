@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
-import ldm
-from config import ConfigError, atomic_dir, check_finite, ddp, loading, read_kind, write_json
-
-SCALE = 4  # the SR factor everywhere in this project (design.md: "Scale x4")
+from config import ConfigError, ddp
+from data import upsample
+from metrics import SCALE
+from rundir import atomic_dir, check_finite, loading, read_kind, write_json
 
 
 @dataclass
@@ -66,11 +66,6 @@ class Trajectory:
     std: tuple = ()  # (K,) floats: each step's std_k; RL never trains a step below its floor (train_rl.py)
 
 
-def upsample(lr: torch.Tensor) -> torch.Tensor:
-    """Bicubic x4, on the input's device and differentiable: the base image the residual is added to."""
-    return F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False)
-
-
 def estimate_residual_scale(lr: torch.Tensor, hr: torch.Tensor) -> float:
     """1 / std of the residual HR - up(LR), computed once from data by the caller and stored in policy.json.
 
@@ -78,63 +73,32 @@ def estimate_residual_scale(lr: torch.Tensor, hr: torch.Tensor) -> float:
     signal-to-noise ratio at t=249 is ~0.003, the net can only regress the mean, and the sampler degenerates
     into "regressor + white noise". Scaled to unit variance, the noise schedule means what it was made for.
     """
-    std = (hr - upsample(lr)).float().std()
+    std = (hr - upsample(lr, clamp=False)).float().std()
     return float(1.0 / std.clamp_min(1e-4))  # one sync, once per run; clamp guards a flat dataset
 
 
 class Policy(nn.Module):
-    """UNet2DModel + DDIMScheduler as a Gaussian policy over K denoising steps (module docstring)."""
+    """UNet2DModel + DDIMScheduler as a Gaussian policy over K denoising steps (module docstring). Pixel
+    space: x0 is the scaled residual over bicubic. ldm.LatentPolicy overrides the space-specific methods."""
 
-    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler, vqvae=None):
+    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler):
         super().__init__()
-        if cfg.space not in ("pixel", "latent") or (cfg.space == "latent") != (vqvae is not None):
-            raise ConfigError(f"space='{cfg.space}' needs {'a' if cfg.space == 'latent' else 'no'} vqvae")
         if scheduler.config.prediction_type != cfg.prediction_type:
             raise ConfigError(
                 f"policy.json says prediction_type={cfg.prediction_type} but the scheduler says "
                 f"{scheduler.config.prediction_type}; re-save the policy with save_policy"
             )
         self.cfg, self.unet, self.scheduler = cfg, unet, scheduler  # the scheduler holds no parameters
-        self.vqvae = vqvae.requires_grad_(False).eval() if vqvae is not None else None  # frozen: UNet trains
         # A device copy of abar_t for sft_loss (it follows .to(device)); the scheduler keeps its CPU table,
         # so reading a step's variance never waits on the GPU. Not saved: the scheduler config rebuilds it.
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone(), persistent=False)
         # The last down block of UNet2DModel does not downsample, so the total stride is 2^(levels - 1).
         self.stride = 2 ** (len(unet.config.block_out_channels) - 1)
-        # The UNet runs at SR size in pixel space, at LR size in latent space: the LR side must be a multiple
-        # of this for the UNet's strides to divide its input (apply.py pads LR tiles to it).
-        self.lr_multiple = max(1, self.stride // SCALE) if vqvae is None else self.stride
+        # The UNet runs at SR size: the LR side must be a multiple of this for the UNet's strides to divide
+        # its input (apply.py pads LR tiles to it).
+        self.lr_multiple = max(1, self.stride // SCALE)
         # Mixed precision of the UNet alone (train_rl --amp=bf16); None = fp32. Not saved with the policy.
         self.amp = None
-
-    def train(self, mode: bool = True) -> "Policy":
-        """nn.Module.train, except that a frozen VQ autoencoder stays in eval mode (it never trains)."""
-        super().train(mode)
-        if self.vqvae is not None:
-            self.vqvae.eval()
-        return self
-
-    def speed(self, amp=None, channels_last: bool = False) -> "Policy":
-        """Speed settings of a training run (not saved): bf16 autocast of the UNet (amp=torch.bfloat16) and
-        the NHWC memory format, which tensor-core convolutions prefer. Returns self."""
-        self.amp = amp
-        if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
-        return self
-
-    def distribute(self, dev) -> "Policy":
-        """Route the UNet forward through DistributedDataParallel when torchrun launched several ranks, so
-        every backward averages the gradients. The wrapper is kept out of the module tree (a plain attribute
-        dict entry): state_dict, save_policy and the optimiser keep seeing the bare UNet. Returns self."""
-        if "_ddp" not in self.__dict__:  # idempotent: SFT and RL share one wrapper (and one set of hooks)
-            self.__dict__["_ddp"] = ddp(self.unet, dev)
-        return self
-
-    def no_sync(self):
-        """Accumulate gradients locally (no all-reduce) inside this context: pg backpropagates once per
-        trained step and only the last backward of an update needs to synchronise."""
-        wrapped = self.__dict__.get("_ddp")
-        return wrapped.no_sync() if hasattr(wrapped, "no_sync") else contextlib.nullcontext()
 
     def net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet forward, under bf16 autocast when self.amp is set. Its output is cast back to fp32, so
@@ -144,34 +108,33 @@ class Policy(nn.Module):
             return self.__dict__.get("_ddp", self.unet)(x, t).sample.float()
 
     # ------------------------------------------------------------------------------------------------
-    # encode / decode: the only place that knows the diffusion "space". For a pretrained latent SR model
-    # (diffusers' LDMSuperResolutionPipeline: unet + vqvae, epsilon prediction) these become vqvae
-    # encode/decode, and the loops below stay unchanged.
+    # condition / encode / decode / x_shape: the only methods that know the diffusion "space". A pretrained
+    # latent SR model (ldm.LatentPolicy) overrides these four, and the loops below stay unchanged.
 
     def condition(self, lr: torch.Tensor) -> torch.Tensor:
-        """The UNet's extra input channels: up(LR) mapped to [-1, 1], the range the noise lives in.
-        Latent: LR itself in [-1, 1] at LR resolution, concatenated as LDMSuperResolutionPipeline does."""
-        return lr * 2 - 1 if self.vqvae is not None else upsample(lr) * 2 - 1
+        """The UNet's extra input channels: up(LR) mapped to [-1, 1], the range the noise lives in."""
+        return upsample(lr, clamp=False) * 2 - 1
 
     def encode(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """HR image -> x0 in policy space: the residual over bicubic, scaled to about unit variance.
-        Latent: the frozen vqvae's encoding of HR (ldm.vq_encode)."""
-        if self.vqvae is not None:
-            return ldm.vq_encode(self.vqvae, hr)
-        return (hr - upsample(lr)) * self.cfg.residual_scale
+        """HR image -> x0 in policy space: the residual over bicubic, scaled to about unit variance."""
+        return (hr - upsample(lr, clamp=False)) * self.cfg.residual_scale
 
     def decode(self, x0: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """x0 in policy space -> SR image in [0, 1] (the clamp is the only non-differentiable corner).
-        Latent: the vqvae decoder, differentiable through a straight-through quantiser (ldm.vq_decode)."""
-        if self.vqvae is not None:
-            return ldm.vq_decode(self.vqvae, x0)
-        return (x0 / self.cfg.residual_scale + upsample(lr)).clamp(0, 1)
+        """x0 in policy space -> SR image in [0, 1] (the clamp is the only non-differentiable corner)."""
+        return (x0 / self.cfg.residual_scale + upsample(lr, clamp=False)).clamp(0, 1)
 
     def x_shape(self, cond: torch.Tensor) -> tuple:
-        """Shape of x_t: the condition's (pixel: RGB), or the vqvae's latent channels C at the LR size."""
-        if self.vqvae is None:
-            return tuple(cond.shape)
-        return (cond.shape[0], self.vqvae.config.latent_channels, *cond.shape[-2:])
+        """Shape of x_t: the condition's (RGB at SR size)."""
+        return tuple(cond.shape)
+
+    def save_weights(self, tmp: str) -> None:
+        """The weights in diffusers' layout (save_policy adds policy.json): unet/ and scheduler/."""
+        self.unet.save_pretrained(os.path.join(tmp, "unet"))  # safetensors + config.json
+        self.scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+
+    def input_size(self, h: int, w: int) -> str:
+        """What the UNet's strides must divide, for _check_shape's error: the SR size in pixel space."""
+        return f"SR size {SCALE * h}x{SCALE * w} (4 x LR {h}x{w})"
 
     # ------------------------------------------------------------------------------------------------
     # One DDIM step as a Gaussian: the single function behind sampling, stored and recomputed log-probs.
@@ -235,6 +198,18 @@ class Policy(nn.Module):
             raise ValueError("log-probs need eta > 0: with eta = 0 DDIM is deterministic and has no density")
         return self.gaussian_logprob(x_prev, mean, std)
 
+    def step_grad_norms(self, traj: Trajectory, lr: torch.Tensor, adv: torch.Tensor) -> list:
+        """‖∇ of each step's surrogate −mean(A·logp_k)‖ for every k of a trajectory of these samples (lr, adv
+        per sample), trained or not; autograd.grad leaves .grad untouched. RL logs it once per run
+        (grad_share): the σ floor's effect, visible."""
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        norms, n = [], len(lr)
+        for k in range(traj.logprob.shape[0]):
+            logp = self.step_logprob(traj.x[k][:n], traj.x[k + 1][:n], traj.t[k], lr, traj.steps, traj.eta)
+            grads = torch.autograd.grad(-(adv * logp).mean(), params)
+            norms.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
+        return norms
+
     # ------------------------------------------------------------------------------------------------
     # Sampling: the rollout (DDPO's "sample" phase), batched over B, a loop over the K steps only.
 
@@ -261,11 +236,8 @@ class Policy(nn.Module):
         if c != 3:
             raise ValueError(f"lr has {c} channels, expected 3 (RGB); convert grayscale/RGBA images to RGB")
         if h % self.lr_multiple or w % self.lr_multiple:
-            # the UNet's input: the SR size in pixel space, the LR size itself in latent space
-            size = f"SR size {SCALE * h}x{SCALE * w} (4 x LR {h}x{w})"
-            size = f"LR {h}x{w}" if self.vqvae is not None else size
             raise ValueError(
-                f"{size} is not a multiple of the UNet's total stride {self.stride}; "
+                f"{self.input_size(h, w)} is not a multiple of the UNet's total stride {self.stride}; "
                 f"crop or pad the LR image to a multiple of {self.lr_multiple}"
             )
 
@@ -360,6 +332,31 @@ class Policy(nn.Module):
             target = abar.sqrt() * eps - (1 - abar).sqrt() * x0
         return F.mse_loss(pred, target)
 
+    # ------------------------------------------------------------------------------------------------
+    # Speed and many GPUs: settings of a training run, never saved with the policy.
+
+    def speed(self, amp=None, channels_last: bool = False) -> "Policy":
+        """Speed settings of a training run (not saved): bf16 autocast of the UNet (amp=torch.bfloat16) and
+        the NHWC memory format, which tensor-core convolutions prefer. Returns self."""
+        self.amp = amp
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        return self
+
+    def distribute(self, dev) -> "Policy":
+        """Route the UNet forward through DistributedDataParallel when torchrun launched several ranks, so
+        every backward averages the gradients. The wrapper is kept out of the module tree (a plain attribute
+        dict entry): state_dict, save_policy and the optimiser keep seeing the bare UNet. Returns self."""
+        if "_ddp" not in self.__dict__:  # idempotent: SFT and RL share one wrapper (and one set of hooks)
+            self.__dict__["_ddp"] = ddp(self.unet, dev)
+        return self
+
+    def no_sync(self):
+        """Accumulate gradients locally (no all-reduce) inside this context: pg backpropagates once per
+        trained step and only the last backward of an update needs to synchronise."""
+        wrapped = self.__dict__.get("_ddp")
+        return wrapped.no_sync() if hasattr(wrapped, "no_sync") else contextlib.nullcontext()
+
 
 # ----------------------------------------------------------------------------------------------------
 # Building, saving, loading (design.md: diffusers layout + a small JSON that says its kind).
@@ -403,37 +400,38 @@ def make_policy(cfg: PolicyConfig = None) -> Policy:
 POLICY_FIX = "python train_rl.py --sft_only"  # the command that makes a policy directory
 
 
+# Other kinds of policy directory (ldm.py: a pretrained LDMSuperResolutionPipeline) register here: space name
+# → (is_dir(path) for a bare directory without policy.json, load(path, meta or None)). A module that loads
+# user policies imports ldm, which registers itself: policy.py itself never imports it (no cycle).
+SPACES = {}
+
+
 def save_policy(policy: Policy, path: str) -> None:
-    """Write <path>/{unet/, scheduler/, policy.json} atomically (temp dir, then rename); a latent policy also
-    vqvae/ and model_index.json: an LDMSuperResolutionPipeline directory diffusers itself can load."""
-    check_finite(
-        policy.unet, f"the policy for {path}", "lower the learning rate"
-    )  # a NaN policy: never written
+    """Write <path>/ atomically (temp dir, then rename): the weights (save_weights: unet/ + scheduler/ in
+    diffusers' layout; an LDM pipeline for a latent policy) and policy.json, which says its kind."""
+    check_finite(policy.unet, f"the policy for {path}", "lower the learning rate")  # NaN: never written
     with atomic_dir(path) as tmp:
-        if policy.vqvae is not None:
-            ldm.save_ldm(policy, tmp)
-        else:
-            policy.unet.save_pretrained(os.path.join(tmp, "unet"))  # safetensors + config.json
-            policy.scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+        policy.save_weights(tmp)
         write_json(os.path.join(tmp, "policy.json"), {"kind": "policy", **dataclasses.asdict(policy.cfg)})
 
 
 def load_policy(path: str, device=None) -> Policy:
     """Load a policy directory (on CPU unless `device` is given); a wrong directory is a one-line error.
 
-    Also a bare diffusers LDMSuperResolutionPipeline directory (no policy.json: detected by its
-    model_index.json, or its unet/ + vqvae/ subfolders), loaded as a latent-space policy (ldm.py)."""
+    Also a bare directory a registered space recognises (SPACES: e.g. a diffusers LDMSuperResolutionPipeline
+    with model_index.json or unet/ + vqvae/, once ldm.py is imported)."""
     bare = os.path.isdir(path) and not os.path.isfile(os.path.join(path, "policy.json"))
     if bare and not os.path.isfile(os.path.join(path, "rm.json")):  # an RM gets read_kind's error below
-        if ldm.is_ldm_dir(path):
-            return ldm.load_ldm(path).to(device or "cpu").eval()
+        for is_dir, load in SPACES.values():
+            if is_dir(path):
+                return load(path, None).to(device or "cpu").eval()
         raise ConfigError(
             f"'{path}' is neither a policy directory (policy.json) nor an LDMSuperResolutionPipeline"
             f" directory (model_index.json, unet/, vqvae/, scheduler/); make a policy with `{POLICY_FIX}`"
         )
     meta = read_kind(path, "policy", POLICY_FIX)
-    if meta.get("space") == "latent":
-        return ldm.load_ldm(path, meta).to(device or "cpu").eval()
+    if meta.get("space", "pixel") in SPACES:
+        return SPACES[meta["space"]][1](path, meta).to(device or "cpu").eval()
     fields = {f.name for f in dataclasses.fields(PolicyConfig)}
     with loading(path, POLICY_FIX):  # a truncated safetensors or a mismatched config: one line
         cfg = PolicyConfig(**{k: v for k, v in meta.items() if k in fields})

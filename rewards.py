@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 import config
-from metrics import label_map
-from rm import fuse
+from metrics import label_map, lr_consistency, psnr_y
+from rm import reward
 
 SOURCES = ("rm", "gold", "placebo")
 
@@ -41,11 +41,11 @@ class RewardSource:
 
 
 def rm_stage(rm, fused: bool, lam1: float, lam2: float):
-    """One frozen RM stage: its score (or the fused reward λ1·S + λ2·(1 − smoothmax M), rm.fuse) and map."""
+    """One frozen RM stage: its score (or the fused reward λ1·S + λ2·(1 − smoothmax M), rm.reward) and map."""
 
     def stage(sr, hr, step):
         score, dmap = rm(sr)
-        return fuse(score, dmap, fused, lam1, lam2), dmap
+        return reward(score, dmap, fused, lam1, lam2), dmap
 
     return stage
 
@@ -82,3 +82,38 @@ def make_source(kind: str, rms: list, cfg) -> RewardSource:
     if kind == "placebo":
         return RewardSource(kind, [placebo_stage(cfg.seed)])
     raise config.ConfigError(f"--reward={kind} unknown; use one of {', '.join(SOURCES)}")
+
+
+@torch.no_grad()
+def reward_and_map(source, weights, sr, hr_g, lr_g, step: int, cfg):
+    """(r (B·G,), the blended map M or None, its weight w_map, {stage: its rewards}) of the stages in use.
+    One forward per stage; the map is the weighted mean of the map-giving stages' maps (weight w_map)."""
+    rewards, maps = {}, {}
+    for s in sorted(s for s, _ in weights):
+        rewards[s], maps[s] = source.stages[s](sr, hr_g, step)
+    r = sum(w * rewards[s] for s, w in weights)
+    if cfg.lam_lr > 0:  # LR consistency as a reward penalty: SR is a sample here, not differentiable
+        r = r - cfg.lam_lr * lr_consistency(sr, lr_g)
+    with_map = [(s, w) for s, w in weights if maps[s] is not None]
+    w_map = sum(w for _, w in with_map)  # the curriculum weight of the map-giving stages
+    M = sum(w * maps[s] for s, w in with_map) / w_map if with_map else None  # their blended map
+    return r, M, w_map, rewards
+
+
+@torch.no_grad()
+def judges(final_rm, sr, hr) -> dict:
+    """A step's samples through the judges: RM_N's score (reward_final, comparable across the run and across
+    reward sources), the gold judge (label map vs HR, lower = better) and PSNR-Y. 0-dim tensors."""
+    return {
+        "reward_final": final_rm(sr)[0].mean(),
+        "gold": label_map(sr, hr).mean(),
+        "psnr": psnr_y(sr, hr).mean(),
+    }
+
+
+def flat_groups(r: torch.Tensor, M, G: int) -> torch.Tensor:
+    """Groups whose rewards (and maps) are all equal have advantage 0 and teach nothing: their count."""
+    flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
+    if M is not None:
+        flat &= M.view(-1, G, M[0].numel()).std(1, unbiased=False).amax(1) < 1e-8
+    return flat.sum().float()

@@ -1,7 +1,7 @@
 """FinPercep-RM: a fine-grained perceptual reward model for image super-resolution (method.md §1, §3, §5).
 
     from rm import RMConfig, make_rm, grow, rm_losses, reward, save_rm, load_rm
-    rm = make_rm(RMConfig(stage=0))             # RM_0: a plain global IQA, no decoder
+    rm = FinPercepRM(RMConfig(stage=0))             # RM_0: a plain global IQA, no decoder
     rm = grow(rm)                               # RM_1: + the coarsest decoder level and a map
     score, dmap = rm(images)                    # images (B, 3, H, W) in [0, 1]
 
@@ -31,8 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from config import ConfigError, atomic_dir, check_finite, loading, read_kind, write_json
+from config import ConfigError
 from metrics import SCALES, texture_energy
+from rundir import atomic_dir, check_finite, loading, read_kind, write_json
 
 N_TEXTURE = 5 * len(SCALES)  # channels of metrics.texture_energy: 4 orientations + contrast per scale
 
@@ -46,6 +47,11 @@ class RMConfig:
     groups: int = 8  # GroupNorm groups (not BatchNorm: a reward must not depend on the rest of the batch)
     map_bias: float = -2.0  # head_1 starts at sigmoid(-2) ≈ 0.12: label maps are mostly near zero
     texture_input: bool = True  # feed log texture energies (metrics.texture_energy) beside RGB; see stem
+    # The map statistics' weights in the score's logit want to be large (a 3 % change of mean(M) should
+    # move the logit by ~0.5: w ≈ −15), but Adam moves every weight by ~lr per step whatever its scale: a few
+    # hundred steps at lr 2e-3 reach only ~0.3. So the stored weight is multiplied by a fixed gain: the same
+    # function, 20× faster to learn.
+    stats_gain: float = 20.0
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -130,10 +136,6 @@ class FinPercepRM(nn.Module):
         self.map_stats = nn.Linear(2, 1, bias=False) if k >= 1 else None
         if self.map_stats is not None:
             nn.init.zeros_(self.map_stats.weight)
-        # The useful weights are large (a 3 % change of mean(M) should move the logit by ~0.5: w ≈ -15), but
-        # Adam moves every weight by ~lr per step whatever its scale: a few hundred steps at lr 2e-3 reach
-        # only ~0.3. So the stored weight is multiplied by a fixed gain: same function, 20× faster to learn.
-        self.stats_gain = 20.0
 
     def check(self, images: torch.Tensor) -> None:
         """One-line errors for inputs the model cannot take (the contract in the module docstring)."""
@@ -175,7 +177,7 @@ class FinPercepRM(nn.Module):
         logit = self.out(F.silu(h))
         if dmap is not None:
             stats = torch.stack([dmap.mean(dim=(1, 2, 3)), smooth_max(dmap)], dim=1)  # (B, 2)
-            logit = logit + self.stats_gain * self.map_stats(stats)
+            logit = logit + self.cfg.stats_gain * self.map_stats(stats)  # RMConfig.stats_gain says why
         logit = logit.squeeze(-1)
         score = torch.sigmoid(logit)  # S in [0, 1], higher = better
         return {"score": score, "logit": logit, "dmap": dmap, "logits": logits}
@@ -185,10 +187,6 @@ class FinPercepRM(nn.Module):
         losses go through forward(), the one method DistributedDataParallel hooks (train_rm, torchrun)."""
         out = self.forward_all(images)
         return out if full else (out["score"], out["dmap"])
-
-
-def make_rm(cfg: RMConfig) -> FinPercepRM:
-    return FinPercepRM(cfg)
 
 
 def n_params(model: nn.Module) -> int:
@@ -211,7 +209,9 @@ def grow(model: FinPercepRM) -> FinPercepRM:
     if model.stage >= model.n_stages:
         raise ValueError(f"RM is already at the last stage ({model.stage}); nothing to grow")
     p = next(model.parameters())
-    new = make_rm(dataclasses.replace(model.cfg, stage=model.stage + 1)).to(device=p.device, dtype=p.dtype)
+    new = FinPercepRM(dataclasses.replace(model.cfg, stage=model.stage + 1)).to(
+        device=p.device, dtype=p.dtype
+    )
     # strict=False: the keys missing from the old state dict are exactly the new modules, left at their init.
     unexpected = new.load_state_dict(model.state_dict(), strict=False).unexpected_keys
     assert not unexpected, unexpected  # every old weight has its place in the bigger model
@@ -369,26 +369,13 @@ def smooth_max(dmap: torch.Tensor, topk: float = 0.01, tau: float | None = None)
     return m.topk(k, dim=1).values.mean(dim=1)
 
 
-def reward(
-    model: FinPercepRM,
-    images: torch.Tensor,
-    fused: bool = False,
-    lam1: float = 0.5,
-    lam2: float = 0.5,
-    topk: float = 0.01,
-    tau: float | None = None,
-) -> torch.Tensor:
-    """The reward for RL, (B,), differentiable w.r.t. images (freeze(model) first; ReFL backpropagates it).
+def reward(score, dmap, fused=False, lam1=0.5, lam2=0.5, topk=0.01, tau=None) -> torch.Tensor:
+    """The reward for RL from an RM's output (score, dmap), (B,), differentiable (ReFL backpropagates it).
 
     plain: the map-coupled score S (already sensitive to local defects through the gate, method.md §1).
     fused: R = λ1·S + λ2·(1 - smooth_max(M)) (method.md §4): the worst region counts directly.
-    Stage 0 has no map, so it is always the score alone. With λ1 + λ2 = 1 the reward stays in [0, 1]."""
-    return fuse(*model(images), fused, lam1, lam2, topk, tau)
-
-
-def fuse(score, dmap, fused=False, lam1=0.5, lam2=0.5, topk=0.01, tau=None) -> torch.Tensor:
-    """reward() from an RM output already in hand (score, dmap): callers that also need the map (the
-    policy-gradient loop) pay for one RM forward, not two. Stage 0 (dmap None) gives the score alone."""
+    Stage 0 (dmap None) has no map, so it is always the score alone. With λ1 + λ2 = 1 it stays in [0, 1].
+    Taking the output rather than the model: the policy-gradient loop also needs the map, one forward."""
     if not fused or dmap is None:
         return score
     return lam1 * score + lam2 * (1 - smooth_max(dmap, topk, tau))
@@ -418,6 +405,29 @@ def load_rm(path: str, device=None) -> FinPercepRM:
         raise ConfigError(f"'{path}' has rm.json but no model.safetensors; make it with `python train_rm.py`")
     fields = {f.name for f in dataclasses.fields(RMConfig)}
     with loading(path, "python train_rm.py"):  # a truncated file or a mismatched rm.json: one line
-        model = make_rm(RMConfig(**{k: v for k, v in meta.items() if k in fields}))
+        model = FinPercepRM(RMConfig(**{k: v for k, v in meta.items() if k in fields}))
         model.load_state_dict(load_file(weights, device="cpu"))
     return model.to(device or "cpu").eval()
+
+
+def load_stages(rm_dir: str, dev) -> list:
+    """Every RM stage under rm_dir, frozen (the rewards are fixed functions during RL)."""
+    has = lambda f: os.path.isfile(os.path.join(rm_dir, f))  # noqa: E731  (wrong kinds: say what it is)
+    if has("policy.json") or has("model_index.json"):
+        raise ConfigError(
+            f"--rm_dir={rm_dir} is a policy directory, not train_rm's out_dir; pass that (it holds"
+            " rm_stage0/ …), e.g. out/rm from `python train_rm.py`"
+        )
+    if has("rm.json"):
+        parent = os.path.dirname(os.path.abspath(rm_dir))
+        raise ConfigError(f"--rm_dir={rm_dir} is one RM stage; pass its parent {parent}")
+    if not os.path.isdir(os.path.join(rm_dir, "rm_stage0")):
+        raise ConfigError(
+            f"no reward model in '{rm_dir}' (rm_stage0/ missing); run `python train_rm.py`"
+            f" first or pass --rm_dir=DIR"
+        )
+    rms, k = [], 0
+    while os.path.isdir(os.path.join(rm_dir, f"rm_stage{k}")):
+        rms.append(freeze(load_rm(os.path.join(rm_dir, f"rm_stage{k}"), dev)))
+        k += 1
+    return rms

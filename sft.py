@@ -8,13 +8,12 @@ RL needs a sensible starting point: a policy that already super-resolves, whose 
 is uncertain (texture) and not where it is not (flat regions). That is the denoising loss on (LR, HR) pairs
 (policy.sft_loss). The LR images come from data.degrade with a strength drawn per batch from a range that
 includes 0 (clean bicubic LR, the classical protocol) — 30 % of batches exactly 0 — so the policy serves both
-classical and real-world LR; with --data=paired:LR_DIR,HR_DIR the LR is the real one (data.PairedPool). With
+classical and real-world LR; with --data=paired:LR_DIR,HR_DIR the LR is the real one (images.PairedPool). With
 --init_policy (e.g. a pretrained LDMSuperResolutionPipeline directory) SFT starts from those weights instead
 of a fresh, bicubic-initialised UNet. The result is cached as out_dir/policy_sft: later runs reuse it.
 Lives in its own module (design.md: a new file, named after its stage, when train_rl.py would pass ~500).
 """
 
-import functools
 import json
 import math
 import os
@@ -24,16 +23,12 @@ from tqdm import tqdm
 
 import config
 import data
+import images
+import ldm  # noqa: F401  (registers LDM SR pipelines with load_policy: --init_policy may be one)
+import rundir
 from metrics import psnr_y
 from policy import PolicyConfig, estimate_residual_scale, load_policy, make_policy, save_policy
-
-P_CLEAN = 0.3  # share of SFT/RL batches with exactly clean bicubic LR (strength 0)
-
-
-def draw_strength(cfg, g: torch.Generator) -> float:
-    """LR degradation strength of one batch: 0 with probability P_CLEAN, else uniform in (0, degrade_max]."""
-    u, v = torch.rand(2, generator=g).tolist()
-    return 0.0 if u < P_CLEAN else v * cfg.degrade_max
+from rm import freeze
 
 
 @torch.no_grad()
@@ -41,12 +36,11 @@ def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) ->
     """PSNR-Y (dB) of deterministic sampling (eta = 0) vs bicubic on held-out crops, clean and degraded LR:
     the SFT acceptance check, printed after SFT."""
     g = config.generator("sft/psnr_table", seed)
-    split = "val" if data_name == "builtin" else "train"
-    pool = data.load_pool(data_name, split, crop)
+    pool = images.heldout_pool(data_name, crop)
     dev = next(policy.parameters()).device
     out = {}
     # Real pairs have one LR per image ("real"); an HR source gets clean and degraded LR of the same crops.
-    paired = isinstance(pool, data.PairedPool)
+    paired = isinstance(pool, images.PairedPool)
     hr = None if paired else pool.crops(n, crop, g)
     for name, strength in (("real", 0.0),) if paired else (("clean", 0.0), ("degraded", 0.5)):
         hr, lr = pool.pairs(n, crop, g) if paired else (hr, data.degrade(hr, strength, g))
@@ -62,8 +56,9 @@ def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) ->
 
 def train_sft(cfg, pool, dev, log, st=None):
     """Return the SFT policy: out_dir/policy_sft if it exists, else train it and save it there. st: the
-    resume state train_rl read (config.resume_state); an SFT state continues where it stopped."""
+    resume state train_rl read (rundir.resume_state); an SFT state continues where it stopped."""
     path = os.path.join(cfg.out_dir, "policy_sft")
+    # A finished SFT is reused, never retrained: every RL arm of evaluate starts from the same policy.
     if os.path.isfile(os.path.join(path, "policy.json")):
         if config.is_main():
             extra = f" (not --init_policy={cfg.init_policy}: delete it to redo)" if cfg.init_policy else ""
@@ -76,7 +71,7 @@ def train_sft(cfg, pool, dev, log, st=None):
     else:
         # The residual scale, estimated once from data (policy.estimate_residual_scale says why it matters):
         # 64 pairs in 4 groups of one degradation strength each.
-        hr, lr = pool.pairs(64, cfg.crop, g, lambda: draw_strength(cfg, g), groups=4)
+        hr, lr = pool.pairs(64, cfg.crop, g, lambda: data.draw_strength(cfg.degrade_max, g), groups=4)
         pcfg = PolicyConfig(
             residual_scale=estimate_residual_scale(lr, hr),
             block_out_channels=cfg.unet_channels,
@@ -85,6 +80,7 @@ def train_sft(cfg, pool, dev, log, st=None):
             eta=cfg.eta,
         )
         policy = make_policy(pcfg)
+    # The speed settings of the run (bf16 autocast, NHWC: the gpu presets); none is saved with the policy.
     policy = policy.to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
     config.compile_module(policy.unet, dev, cfg.compile)  # --compile: the UNet's forward, static shapes
     policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
@@ -96,6 +92,7 @@ def train_sft(cfg, pool, dev, log, st=None):
     )
     main_rank, rank = config.is_main(), config.rank()
     state_path, start = os.path.join(cfg.out_dir, "state.pt"), 0
+    # --resume of an interrupted SFT: its weights and AdamW moments; the data streams need no state.
     if st is not None and st.get("phase") == "sft":
         policy.unet.load_state_dict(st["unet"])
         opt.load_state_dict(st["opt"])
@@ -106,8 +103,10 @@ def train_sft(cfg, pool, dev, log, st=None):
     def save_state(step):
         if main_rank:  # one writer; the weights are the same on every rank
             state = {"phase": "sft", "step": step, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
-            config.torch_save_atomic(state, state_path)
+            rundir.torch_save_atomic(state, state_path)
 
+    # The loop: cosine learning rate, one batch from (seed, step, rank), the denoising loss, the NaN guard,
+    # a log row every 10 steps and a resume point every ckpt_every.
     bar = tqdm(
         range(start, cfg.sft_steps),
         desc=f"SFT (residual scale {pcfg.residual_scale:.1f})",
@@ -119,11 +118,11 @@ def train_sft(cfg, pool, dev, log, st=None):
     try:
         for step in bar:
             for group in opt.param_groups:  # cosine decay to 2 % of the peak rate
-                group["lr"] = cfg.sft_lr * (0.02 + 0.49 * (1 + math.cos(math.pi * step / cfg.sft_steps)))
+                group["lr"] = config.cosine_lr(cfg.sft_lr, step, cfg.sft_steps)
             # This step's images from (seed, rank, step) alone: ranks differ, --resume needs no RNG state.
             g = config.generator("sft/draw", cfg.seed, step, rank)
-            hr, lr = pool.pairs(cfg.sft_batch, cfg.crop, g, functools.partial(draw_strength, cfg, g))
-            loss = policy.sft_loss(hr.to(dev), lr.to(dev))
+            hr, lr = data.training_pairs(pool, cfg.sft_batch, cfg.crop, cfg.degrade_max, g)
+            loss = policy.sft_loss(hr.to(dev), lr.to(dev))  # ‖f_θ(x_t, t, LR) − x0‖² at random t (DDPM)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # under torchrun: the all-reduce of the gradients happens here
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), 1.0)
@@ -153,11 +152,17 @@ def train_sft(cfg, pool, dev, log, st=None):
         raise SystemExit("error: the SFT policy gives non-finite images; not saved. Lower --sft_lr")
     save_policy(policy, path)
     log.write(json.dumps({"step": cfg.sft_steps, "phase": "sft", "psnr_val": t}) + "\n")
-    print(
-        "SFT done. PSNR-Y on held-out crops (eta = 0):  "
-        + "  ".join(
-            f"{k} LR: policy {v['policy']:.2f} dB, bicubic {v['bicubic']:.2f} dB" for k, v in t.items()
-        )
-    )
+    cells = [f"{k} LR: policy {v['policy']:.2f} dB, bicubic {v['bicubic']:.2f} dB" for k, v in t.items()]
+    print("SFT done. PSNR-Y on held-out crops (eta = 0):  " + "  ".join(cells))
     config.barrier()
     return policy
+
+
+def anchor(cfg, dev):
+    """RL's KL anchor (train_rl --beta_kl): a frozen copy of the starting policy — --init_policy or this SFT
+    policy — at the policy's precision (or rounding alone would read as KL), loaded from disk (rank 0 wrote
+    policy_sft before the barrier); None when beta_kl is 0."""
+    if cfg.beta_kl <= 0:
+        return None
+    ref = freeze(load_policy(cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft"), dev))
+    return ref.speed(config.amp_dtype(cfg.amp), cfg.channels_last)

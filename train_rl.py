@@ -8,20 +8,15 @@
     torchrun --standalone --nproc_per_node=8 train_rl.py --preset=gpu    # 8 GPUs (DDP; effective batch ×8)
     python train_rl.py --resume                         # continue an interrupted run (Ctrl-C saves first)
 
-The loop, in the order it runs (method.md §4–5; kvablack/ddpo-pytorch is the model for its shape):
-0. SFT (sft.py): without --init_policy, a supervised warm start, cached as out_dir/policy_sft.
-1. The curriculum says which frozen RM stage(s) give the reward at this step, with which weights.
-2. pg:   sample G images per LR image (DDIM, eta > 0: a Gaussian policy) → rewards → group-normalised
-         advantages A_i, plus per-pixel local penalties from the degradation maps → per-pixel PPO loss over
-         the stored trajectory.
-   refl: sample without gradient to a random late step, one step with gradient, score its x0 prediction
-         with the frozen RM → relu(c − reward) (+ the supervised regulariser).
-3. Log reward / reward_final (RM_N on the same samples) / gold (label map vs HR) / psnr, so hacking — proxy
-   up, gold not — is visible while it happens. Checkpoints at every curriculum switch and at the end.
+Without --init_policy, SFT (sft.py) first makes the starting policy (cached as out_dir/policy_sft). Then
+each RL step, in main() in the order it runs (method.md §4–5; kvablack/ddpo-pytorch is the model): the
+curriculum's reward stage(s) → a batch → pg: G samples per LR with their log-probs → reward and map →
+advantages with per-pixel local penalties → the PPO update; refl: one step with grad → relu(c − reward) →
+clip, finiteness check, step → the log row: reward, reward_final (RM_N), gold (label map vs HR), psnr, so
+hacking — proxy up, gold not — shows while it happens.
 """
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -33,12 +28,14 @@ from tqdm import tqdm
 
 import config
 import data
+import images
+import rundir
 import sft
 from curriculum import CoEvolution, Schedule
-from metrics import label_map, psnr_y
+from metrics import lr_consistency
 from policy import load_policy, save_policy
-from rewards import make_source
-from rm import freeze, group_deviation, load_rm, save_rm
+from rewards import flat_groups, judges, make_source, reward_and_map
+from rm import group_deviation, load_stages, save_rm
 
 
 @dataclass
@@ -68,9 +65,7 @@ class Config:
     sft_batch: int = 8  # HR crops per SFT step
     sft_lr: float = 2e-3  # AdamW; cosine-decayed
     degrade_max: float = 0.5  # LR degradation strength range [0, degrade_max]; 30 % of batches exactly 0
-    # Policy UNet widths (0.62M params, no attention): 16 channels at full resolution make it 2.4× faster on
-    # CPU than (32, 64, 64) for a small loss in PSNR.
-    unet_channels: tuple = (16, 32, 64)  # policy UNet widths, full resolution first
+    unet_channels: tuple = (16, 32, 64)  # 0.62M params; 16 at full res: 2.4× faster on CPU than (32, 64, 64)
     unet_layers: int = 1  # resnets per UNet level (diffusers' default is 2)
     # --- speed (the gpu preset turns these on; bench.py measures them)
     amp: str = "fp32"  # fp32 | bf16: autocast of the networks; log-probs and losses stay fp32
@@ -82,14 +77,12 @@ class Config:
     batch: int = 2  # LR images per step
     group: int = 4  # G samples per LR image (same LR, different noise): the advantage baseline
     sample_steps: int = 6  # K DDIM steps per rollout (Flow-GRPO trains with 10; 6 is cheaper on CPU)
-    # DDPO's timestep_fraction: each update trains a random share of the trainable steps (2 of K − 1 = 5);
-    # one trained step costs a forward + backward, ~3 sampling steps. (K = 6, 0.4 and the 48-px crop ran 60
-    # oracle-map steps in 50 s for 0.012 of gold, as K = 8, 0.5 at 64 px did in 125 s; 2-core CPU.)
+    # DDPO's timestep_fraction (2 of the K − 1 = 5 trainable steps); a trained step costs ~3 sampling ones.
+    # K = 6, 0.4, 48 px: 60 oracle-map steps in 50 s for 0.012 of gold; K = 8, 0.5, 64 px: the same in 125 s.
     train_fraction: float = 0.4  # share of the trainable steps each update trains on, drawn at random
-    # σ floor (method.md "What makes RL work here"): a step whose std is below it is never trained. The last
-    # DDIM step has σ ≈ 0.010 (≈ 0.2/255 in the image): no reward can depend on that noise, yet its (ε/σ)·∇μ
-    # term had 96 % of the update's gradient norm (measured: 5.42 vs 0.11 for the next step, K = 8) and made
-    # the update a random walk. 0.05 in residual units is ≈ 1/255 in the image; the next-smallest σ is 0.35.
+    # σ floor (method.md "What makes RL work here"): the last DDIM step has σ ≈ 0.010 (≈ 0.2/255 in the
+    # image); no reward depends on that noise, yet its (ε/σ)·∇μ term had 96 % of the update's gradient norm
+    # (5.42 vs 0.11 for the next step, K = 8): a random walk. 0.05 ≈ 1/255; the next-smallest σ is 0.35.
     sigma_min: float = 0.05  # σ floor: DDIM steps with a smaller std are never trained
     eta: float = 1.0  # DDIM eta: 1 = every step a full Gaussian (DDPO's choice)
     lr: float = 1e-4  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA); 3e-5 barely moved it in 100 steps
@@ -102,18 +95,15 @@ class Config:
     fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
     lam1: float = 0.5  # fused reward weights
     lam2: float = 0.5  # (λ1 on the score, λ2 on 1 − smooth max of the map)
-    # The anchor (method.md "Anchor strength must be calibrated"): KL(π_θ ‖ π_SFT) on the step means. Swept
-    # on the oracle-map and placebo arms, 40 steps × 3 seeds (README "The anchor"): at 0 the placebo's random
-    # walk cost 0.024 of gold with a 0.038 spread between seeds; at 1 it stays at SFT's (±0.001) while the
-    # oracle still gains 2.7 SE. lam_sft, the other candidate, made both arms worse at every weight tried.
+    # The anchor, swept on the oracle-map and placebo arms (README "The anchor"): at β = 0 the placebo's
+    # random walk cost 0.024 of gold (spread 0.038); at 1 it stays at SFT's while the oracle gains 2.7 SE.
     beta_kl: float = 1.0  # KL to the SFT policy on step means (pg); 0 = no anchor
-    lam_sft: float = 0.0  # supervised loss as a regulariser (pg; refl uses lam_sft_refl)
+    # The supervised loss as a regulariser, one knob for both algorithms; −1 = the algorithm's own weight:
+    # pg 0 (measured worse at every weight, README "The anchor"); refl 1 (ImageReward: images degrade without)
+    lam_sft: float = -1.0
     lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
     refl_last: int = 3  # refl: stop at one of the last refl_last steps (ImageReward: steps 30–39 of 40)
     refl_c: float = 1.0  # refl: relu(c − reward); scores live in [0, 1], so c = 1 is "always push up"
-    refl_scale: float = 1.0  # refl: loss scale; with Adam only its ratio to lam_sft_refl matters
-    lam_sft_refl: float = 1.0  # refl: supervised regulariser (ImageReward: without it images degrade)
-    log_every: int = 1  # metrics.jsonl every optimiser step (one host sync each)
     ckpt_every: int = 25  # state.pt every N steps
 
     def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
@@ -127,76 +117,30 @@ class Config:
             steps=c.at_least(1), batch=c.at_least(1), group=c.at_least(2), sample_steps=c.at_least(2),
             train_fraction=c.FRACTION, sigma_min=c.at_least(0), eta=c.FRACTION, lr=c.POSITIVE,
             grad_clip=c.POSITIVE, adv_clip=c.POSITIVE, ppo_clip=c.POSITIVE, ppo_epochs=c.at_least(1),
-            micro_batch=c.at_least(0), lam_px=c.at_least(0), beta_kl=c.at_least(0), lam_sft=c.at_least(0),
-            lam_lr=c.at_least(0), refl_last=c.at_least(1), log_every=c.at_least(1), ckpt_every=c.at_least(1),
+            micro_batch=c.at_least(0), lam_px=c.at_least(0), beta_kl=c.at_least(0),
+            lam_sft=((lambda v: v >= 0 or v == -1), "a weight ≥ 0, or -1 (the algorithm's own)"),
+            lam_lr=c.at_least(0), refl_last=c.at_least(1), ckpt_every=c.at_least(1),
             blend=c.at_least(0), coevolve_every=c.at_least(1), coevolve_steps=c.at_least(1),
-            coevolve_lr=c.POSITIVE,
+            coevolve_lr=c.POSITIVE, coevolve=((lambda v: not v or self.reward == "rm"), "needs --reward=rm"),
         )  # fmt: skip
 
 
+# GPU presets (README "Scale and speed"): bf16 autocast, channels_last, TF32. gpu: sized for evaluate.py
+# --preset=gpu to run in minutes on one H200 (pending a measurement); gpu_full: 256² HR (LR 64), a 66M UNet,
+# B·G = 64 with the recompute in chunks of 16 (the whole 64 at once ran out of memory on an H200).
+FAST = {"amp": "bf16", "channels_last": True, "tf32": True}
 PRESETS = {
     "cpu": {},
-    # One GPU (80 GB): 256×256 HR (LR 64), a 66M-param UNet, bf16 autocast, channels_last, TF32.
-    "gpu": {
-        "crop": 256,
-        "unet_channels": (128, 256, 256, 512),
-        "unet_layers": 2,
-        "amp": "bf16",
-        "channels_last": True,
-        "tf32": True,
-        "sft_steps": 20000,
-        "sft_batch": 32,
-        "steps": 2000,
-        "batch": 8,
-        "group": 8,
-        "micro_batch": 16,  # B·G = 64 samples: 16 per forward+backward keeps the update well inside 80 GB
-        "ckpt_every": 200,
-    },
-}
-
-
-def load_rms(rm_dir: str, dev) -> list:
-    """Every RM stage under rm_dir, frozen (the rewards are fixed functions during RL)."""
-    has = lambda f: os.path.isfile(os.path.join(rm_dir, f))  # noqa: E731  (wrong kinds: say what it is)
-    if has("policy.json") or has("model_index.json"):
-        raise config.ConfigError(
-            f"--rm_dir={rm_dir} is a policy directory, not train_rm's out_dir; pass that (it holds"
-            " rm_stage0/ …), e.g. out/rm from `python train_rm.py`"
-        )
-    if has("rm.json"):
-        parent = os.path.dirname(os.path.abspath(rm_dir))
-        raise config.ConfigError(f"--rm_dir={rm_dir} is one RM stage; pass its parent {parent}")
-    if not os.path.isdir(os.path.join(rm_dir, "rm_stage0")):
-        raise config.ConfigError(
-            f"no reward model in '{rm_dir}' (rm_stage0/ missing); run `python train_rm.py`"
-            f" first or pass --rm_dir=DIR"
-        )
-    rms, k = [], 0
-    while os.path.isdir(os.path.join(rm_dir, f"rm_stage{k}")):
-        rms.append(freeze(load_rm(os.path.join(rm_dir, f"rm_stage{k}"), dev)))
-        k += 1
-    return rms
-
-
-@torch.no_grad()
-def score_all(source, sr, hr, step, need) -> tuple[dict, dict]:
-    """Rewards (B,) and maps (B,1,H,W) or None of the source's stages in `need`, without gradient (pg).
-    One forward per stage: a fused RM reward is assembled from the same score and map (rewards.rm_stage)."""
-    rewards, maps = {}, {}
-    for s in sorted(need):
-        rewards[s], maps[s] = source.stages[s](sr, hr, step)
-    return rewards, maps
-
-
-def lr_error(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-    """|down(SR) − LR| per image, (B,). Antialiased bicubic ×1/4 is what made clean LR (data.degrade at
-    strength 0), so this is exact for clean LR and only approximate for degraded LR (blur, noise, JPEG)."""
-    down = F.interpolate(sr, scale_factor=1 / data.SCALE, mode="bicubic", antialias=True, align_corners=False)
-    return (down - lr).abs().mean((1, 2, 3))
+    "gpu": {**FAST, "crop": 128, "unet_channels": (64, 128, 128, 256), "unet_layers": 2, "sft_steps": 2000,
+            "sft_batch": 32, "steps": 200, "batch": 8, "group": 8, "micro_batch": 32, "ckpt_every": 100},
+    "gpu_full": {**FAST, "crop": 256, "unet_channels": (128, 256, 256, 512), "unet_layers": 2, "batch": 8,
+                 "sft_steps": 20000, "sft_batch": 32, "steps": 2000, "group": 8, "micro_batch": 16,
+                 "ckpt_every": 200},
+}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
-# Policy gradient with map-based local penalties (method.md §4 [ours])
+# The algebra of the update (method.md §4): small pure functions, each with its formula
 
 
 def group_advantages(r: torch.Tensor, G: int, clip: float) -> torch.Tensor:
@@ -255,341 +199,149 @@ def trained_steps(std: tuple, sigma_min: float, fraction: float, g: torch.Genera
     return sorted(ok[i] for i in torch.randperm(len(ok), generator=g)[:n].tolist())
 
 
-def step_grad_norms(policy, traj, lr_g, adv, n: int) -> list:
-    """‖∇ of each step's surrogate −mean(A·logp_k)‖ for every k, trained or not, on the first n samples
-    (autograd.grad: .grad stays untouched). Logged once per run (grad_share): the σ floor's effect shows."""
-    params = [p for p in policy.unet.parameters() if p.requires_grad]
-    norms = []
-    lr_g, adv = lr_g[:n], adv[:n]
-    for k in range(traj.logprob.shape[0]):
-        logp = policy.step_logprob(traj.x[k][:n], traj.x[k + 1][:n], traj.t[k], lr_g, traj.steps, traj.eta)
-        grads = torch.autograd.grad(-(adv * logp).mean(), params)
-        norms.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
-    return norms
-
-
-def pg_step(policy, ref, source, sched, step, hr, lr, cfg, gen, inner_update=None, probe=False):
-    """One policy-gradient update. Returns (loss, sr, stats) — stats are 0-dim tensors (synced when logged).
-
-    The gradient of the last PPO epoch is left in .grad for the caller's optimiser step; with ppo_epochs > 1
-    `inner_update()` (clip + optimiser step + zero_grad) runs between epochs, so later epochs see θ ≠ θ_old
-    and the per-sample clip acts — one rollout, several updates (PPO). probe: also the per-step gradient
-    norms of the first group (step_grad_norms), as stats["grad_share"]: a list, not a tensor."""
-    if cfg.ppo_epochs > 1 and inner_update is None:  # the passes would pile up in .grad: a doubled step
-        raise ValueError("pg_step: ppo_epochs > 1 needs inner_update (the optimiser step between passes)")
-    G, weights = cfg.group, sched.at(step)
-    lr_g, hr_g = lr.repeat_interleave(G, 0), hr.repeat_interleave(G, 0)  # G samples per LR: different noise
-    sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)  # rollout, no grad
-    rewards, maps = score_all(source, sr, hr_g, step, {s for s, _ in weights})
-    r = sum(w * rewards[s] for s, w in weights)
-    if cfg.lam_lr > 0:  # LR consistency as a reward penalty: SR is a sample here, not differentiable
-        r = r - cfg.lam_lr * lr_error(sr, lr_g)
-    with_map = [(s, w) for s, w in weights if maps[s] is not None]
-    w_map = sum(w for _, w in with_map)  # the curriculum weight of the map-giving stages
-    M = sum(w * maps[s] for s, w in with_map) / w_map if with_map else None  # their blended map
-    adv = pixel_advantages(r, M, w_map, G, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:]).detach()
-    # A group whose rewards (and maps) are all equal has A = D = 0: it contributes nothing. Count them.
-    flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
-    if M is not None:
-        flat &= M.view(-1, G, M[0].numel()).std(1, unbiased=False).amax(1) < 1e-8
-    g_steps = config.generator("rl/steps", cfg.seed, step)  # which steps: from (seed, step), like all draws
-    steps_trained = trained_steps(traj.std, cfg.sigma_min, cfg.train_fraction, g_steps)
-    n_train = len(steps_trained)
-    # The recompute runs in chunks of micro_batch samples (0 = all B·G at once): activation memory scales with
-    # the chunk, the gradient does not change (each chunk's mean is weighted by its share of the batch).
-    BG = lr_g.shape[0]
-    mb = cfg.micro_batch if 0 < cfg.micro_batch < BG else BG
-    work = [(k, slice(c, c + mb)) for k in steps_trained for c in range(0, BG, mb)]
-    total = torch.zeros((), device=sr.device)
-    for epoch in range(cfg.ppo_epochs):
-        if epoch > 0 and inner_update is not None:
-            inner_update()  # θ moves: from here on the ratios differ from 1 and the clip can bind
-        # At θ_old (the first pass) the ratio is 1 in exact arithmetic; a kernel that rounds differently
-        # (bf16, another batch size) can move it by more than the tiny DDPO clip, and a clipped sample would
-        # lose its gradient for nothing. So the first pass is the plain surrogate; later passes clip.
-        clip = cfg.ppo_clip if epoch > 0 else math.inf
-        for i, (k, c) in enumerate(work):  # loops over steps and chunks; never over single samples
-            # Under torchrun only the pass's last backward all-reduces; the others accumulate locally.
-            last = i == len(work) - 1
-            with contextlib.nullcontext() if last else policy.no_sync():
-                x_t, x_prev, lr_c = traj.x[k][c], traj.x[k + 1][c], lr_g[c]
-                mean, std = policy.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)  # one UNet forward
-                logp = policy.gaussian_logprob(x_prev, mean, std)  # = policy.step_logprob, from that forward
-                loss, rho = ppo_loss(logp, traj.logprob[k][c], adv[c], clip)
-                if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
-                    with torch.no_grad():
-                        mean_ref, _ = ref.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)
-                    loss = loss + cfg.beta_kl * ((mean - mean_ref) ** 2).mean() / (2 * std**2)
-                loss = loss * (logp.shape[0] / BG) / n_train  # the update: mean over samples and steps
-                if last and cfg.lam_sft > 0:  # the supervised regulariser rides on the synchronising backward
-                    loss = loss + cfg.lam_sft * policy.sft_loss(hr, lr)
-                loss.backward()  # one UNet graph (one chunk of one step) alive at a time
-            total = total + loss.detach() / cfg.ppo_epochs
-    log_ratio = logp.detach() - traj.logprob[k][c]  # of the last chunk trained: for the approx KL
-    stats = {
-        "reward": r.mean(),
-        "reward_std": r.std(),
-        "approx_kl": 0.5 * (log_ratio**2).mean(),
-        "clip_frac": ((rho - 1).abs() > cfg.ppo_clip).float().mean(),  # samples; binds after the first pass
-        "flat_groups": flat.sum().float(),
-        **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards},
-    }
-    if probe:
-        stats["grad_share"] = list(zip(step_grad_norms(policy, traj, lr_g, adv, G), traj.std))
-    return total, sr, stats
-
-
 # ----------------------------------------------------------------------------------------------------
-# ReFL (method.md §4): the paper's algorithm
-
-
-def refl_step(policy, source, sched, step, hr, lr, cfg, gen):
-    """One ReFL update: no-grad sampling to a random late step, one step with grad, reward of its x0."""
-    K = cfg.sample_steps
-    g = config.generator("rl/refl_stop", cfg.seed, step)
-    stop = int(torch.randint(max(0, K - cfg.refl_last), K, (), generator=g))
-    sr = policy.refl_sample(lr, K, stop, cfg.eta, gen)  # differentiable w.r.t. the UNet
-    weights = sched.at(step)
-    r = sum(w * source.stages[s](sr, hr, step)[0] for s, w in weights)
-    loss = cfg.refl_scale * F.relu(cfg.refl_c - r).mean()  # relu(c − r): push the reward up until c
-    if cfg.lam_sft_refl > 0:
-        loss = loss + cfg.lam_sft_refl * policy.sft_loss(hr, lr)
-    if cfg.lam_lr > 0:
-        loss = loss + cfg.lam_lr * lr_error(sr, lr).mean()
-    loss.backward()
-    r = r.detach()
-    return (
-        loss,
-        sr.detach(),
-        {"reward": r.mean(), "reward_std": r.std(unbiased=False), "reward_var": r.var(unbiased=False)},
-    )
-
-
-# ----------------------------------------------------------------------------------------------------
-
-
-def draw(pool, step: int, cfg, rank: int):
-    """This step's (HR, LR) batch on the CPU, from (seed, rank, step) alone: each rank draws other images,
-    --resume continues the exact stream without any stored generator state, and a prefetch thread can draw
-    step + 1 while step trains (config.prefetch)."""
-    g = config.generator("rl/draw", cfg.seed, step, rank)
-    return pool.pairs(cfg.batch, cfg.crop, g, functools.partial(sft.draw_strength, cfg, g))
-
-
-def to_device(batch, step: int, cfg, rank: int, dev):
-    """(HR, LR) on the device, and the step's rollout-noise generator there, also from (seed, rank, step)."""
-    hr, lr = (x.to(dev, non_blocking=True) for x in batch)
-    return hr, lr, config.generator("rl/noise", cfg.seed, step, rank, device=dev)
-
-
-def rl_update(
-    policy, ref, source, rms, sched, opt, hr, lr, gen, step, cfg, inner_update=None, pg_fn=None, log=True,
-    probe=False,
-):  # fmt: skip
-    """One RL iteration up to the optimiser step: zero_grad → pg_step / refl_step → gradient clip → the
-    step's numbers (with `log`, also the judges of the samples: RM_N's score `reward_final`, comparable
-    across the run and across reward sources, and the gold judge and PSNR against HR), averaged over ranks in
-    one all-reduce so every rank takes the same decisions after it (the NaN skip, a plateau switch). Returns
-    (stats, sr): 0-dim tensors (with `probe`, also the list grad_share) and the step's samples; the gradient
-    is left in .grad. bench.py times
-    exactly this function (pg_fn: its un-batched baseline)."""
-    opt.zero_grad(set_to_none=True)
-    if cfg.algo == "pg":
-        step_fn = pg_fn or pg_step
-        loss, sr, stats = step_fn(policy, ref, source, sched, step, hr, lr, cfg, gen, inner_update, probe)
-        hr_eval = hr.repeat_interleave(cfg.group, 0)  # G samples per HR image
-    else:
-        loss, sr, stats = refl_step(policy, source, sched, step, hr, lr, cfg, gen)
-        hr_eval = hr
-    gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
-    share = stats.pop("grad_share", None)
-    stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm}
-    if log:  # only on logged steps: with a network φ the gold map is a full forward
-        with torch.no_grad():
-            stats["reward_final"] = rms[-1](sr)[0].mean()
-            stats["gold"], stats["psnr"] = label_map(sr, hr_eval).mean(), psnr_y(sr, hr_eval).mean()
-    stats = config.mean_over_ranks(stats)
-    return (stats if share is None else {**stats, "grad_share": share}), sr
-
-
-def summary(path: str) -> dict:
-    """Mean reward_final, gold and PSNR over the first and the last 10 % of a run's RL rows: did RL raise the
-    final-stage reward, and did the gold judge agree (method.md: hacking = proxy up, gold not)?"""
-    with open(path) as f:
-        rows = [r for r in map(json.loads, f) if r.get("phase") == "rl" and "gold" in r]
-    if not rows:
-        return {}
-    n = max(1, len(rows) // 10)
-    return {
-        key: (sum(r[key] for r in rows[:n]) / n, sum(r[key] for r in rows[-n:]) / n)
-        for key in ("reward_final", "gold", "psnr")
-    }
+# The loop (kvablack/ddpo-pytorch is the model for its shape): one iteration per RL step, in run order
 
 
 def main(cfg: Config) -> str:
-    if cfg.coevolve and cfg.reward != "rm":
-        raise config.ConfigError(
-            f"--coevolve refreshes reward models: it needs --reward=rm, not {cfg.reward}"
-        )
     dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
-    config.amp_dtype(cfg.amp)  # validate the flag before any work
     config.fast_math(dev, cfg.tf32)
     main_rank, rank = config.is_main(), config.rank()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    # The inputs first — data, the reward models (checked before minutes of SFT), the resume state — so a run
-    # that fails on them leaves a previous run in out_dir untouched; only then the log (config.open_log).
-    pool = data.load_pool(cfg.data, "train", cfg.crop)
-    rms = None if cfg.sft_only else load_rms(cfg.rm_dir, dev)
-    st = config.resume_state(cfg)
-    phase, at = (st.get("phase"), int(st["step"])) if st else (None, 0)
-    # On --resume the rows logged past the resumed step (before a kill) are dropped: each step appears once.
-    keep = {
-        "sft": lambda r: r["phase"] == "sft" and r["step"] < at and "psnr_val" not in r,
-        "rl": lambda r: r["phase"] == "sft" or r["step"] < at,
-    }.get(phase)
-    log = config.open_log(cfg, "train_rl", keep)
-
-    # 0. The starting policy: --init_policy, else the cached or freshly trained SFT policy.
+    #### SET-UP: the inputs first (data, the RMs — checked before minutes of SFT —, the resume state), so a
+    #### run that fails on them leaves a previous run in out_dir untouched; then the log, policy, rewards.
+    pool = images.load_pool(cfg.data, "train", cfg.crop)
+    rms = None if cfg.sft_only else load_stages(cfg.rm_dir, dev)
+    st = rundir.resume_state(cfg)
+    log = rundir.open_log(cfg, "train_rl", resume_filter(st))
     if cfg.init_policy and not cfg.sft_only:
         policy = load_policy(cfg.init_policy, dev)
-    else:
-        policy = sft.train_sft(cfg, pool, dev, log, st)  # starts from --init_policy's weights when given
+    else:  # the cached or freshly trained SFT policy (starting from --init_policy's weights when given)
+        policy = sft.train_sft(cfg, pool, dev, log, st)
     if cfg.sft_only:
         log.close()
         return cfg.out_dir
     # The reward source (rewards.py) gives the reward; RM_N is also the judge logged as reward_final in every
-    # run, whatever its source, so the curves of all arms compare.
-    coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None  # the RMs that learn (copies)
+    # run, whatever its source, so the curves of all arms compare. --coevolve trains copies (curriculum.py).
+    coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None
     for r in rms:  # the frozen ones: rewards and the reward_final judge
         config.compile_module(r, dev, cfg.compile)
     source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
     # The policy samples with the K and eta RL trains it with: saved in policy.json, upscale()'s defaults.
     policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta
-    # The KL anchor: a frozen copy of the starting policy (from disk: rank 0 wrote it before the barrier),
-    # loaded only when it is used.
-    start_dir = cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft")
-    ref = freeze(load_policy(start_dir, dev)) if cfg.beta_kl > 0 else None
-    if ref is not None:  # the same precision as the policy, or rounding alone would read as KL
-        ref.speed(config.amp_dtype(cfg.amp), cfg.channels_last)
+    ref = sft.anchor(cfg, dev)  # the KL anchor: a frozen copy of the starting policy, when beta_kl > 0
     policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
     config.compile_module(policy.unet, dev, cfg.compile)
     policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
-    # The global RNG (sft_loss's timesteps and noise: ReFL's regulariser, pg's lam_sft) differs per rank.
+    # The global RNG (sft_loss's timesteps and noise: the lam_sft regulariser) differs per rank.
     torch.manual_seed(config.seed("rl/global", cfg.seed, rank))
-
     sched = Schedule(cfg.curriculum, source.n_stages, cfg.steps, blend=cfg.blend, switch=cfg.switch)
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
-    state_path, start, nan = os.path.join(cfg.out_dir, "state.pt"), 0, config.NanGuard("RL")
-    if phase == "rl":  # the weights, optimiser moments and curriculum where the run stopped
-        policy.unet.load_state_dict(st["unet"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(json.loads(st["sched"]))
-        start = int(st["step"])
-        if coevo is not None:  # the co-evolved RMs and their optimisers, as they were at `step`
-            coevo.load_state_dict(st)
-            source = make_source(cfg.reward, coevo.rms, cfg)
-        print(f"resuming RL at step {start}") if main_rank else None
-
-    def save_state(step):
-        if main_rank:  # rank 0 writes; the weights are identical on every rank (same averaged updates)
-            config.torch_save_atomic(
-                {
-                    "phase": "rl",
-                    "step": step,
-                    "unet": policy.unet.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": json.dumps(sched.state_dict()),
-                    **(coevo.state_dict() if coevo else {}),
-                },
-                state_path,
-            )
-
-    def update():
-        """Between PPO passes: clip, then step — unless the gradient is not finite — and clear it."""
-        gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
-        if torch.isfinite(gnorm):  # a host sync; the gradient is all-reduced, so every rank agrees
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    # The batches: drawn on the CPU, one step ahead in a thread on CUDA (config.prefetch).
-    batches = config.prefetch(lambda s: draw(pool, s, cfg, rank), range(start, cfg.steps), dev.type == "cuda")
-    bar = tqdm(
-        batches,
-        desc=f"RL {cfg.algo}/{cfg.curriculum}",
-        initial=start,
-        total=cfg.steps,
-        disable=not main_rank,
-    )
-    resume_at = start  # the first step not yet applied: where a Ctrl-C continues
+    start = resume(st, policy, opt, sched, coevo, main_rank)
+    if coevo is not None:
+        source = make_source(cfg.reward, coevo.rms, cfg)  # as the co-evolved RMs were at `start`
+    nan, G = config.NanGuard("RL"), cfg.group
+    # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA.
+    draw = lambda s: data.training_pairs(pool, cfg.batch, cfg.crop, cfg.degrade_max,  # noqa: E731
+                                         config.generator("rl/draw", cfg.seed, s, rank))  # fmt: skip
+    batches = config.prefetch(draw, range(start, cfg.steps), dev.type == "cuda")
+    bar = tqdm(batches, desc=f"RL {cfg.algo}/{cfg.curriculum}", initial=start, total=cfg.steps,
+               disable=not main_rank)  # fmt: skip
+    resume_at, row = start, None  # the first step not yet applied (where a Ctrl-C continues), the last row
     try:
         for step, batch in bar:
-            stage = sched.stage_at(step)
-            if step > 0 and stage != sched.stage_at(step - 1):  # a curriculum switch: checkpoint first
-                if main_rank:
-                    save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
-            hr, lr, gen = to_device(batch, step, cfg, rank, dev)
-            logged = step % cfg.log_every == 0 or step == cfg.steps - 1
-            probe = step == 0 and cfg.algo == "pg"  # once per run: each DDIM step's share of the gradient
-            stats, sr = rl_update(
-                policy, ref, source, rms, sched, opt, hr, lr, gen, step, cfg, update, log=logged, probe=probe
-            )
-            share = stats.pop("grad_share", None)  # [(gradient norm, σ) per DDIM step] on the probe step
-            if share:
-                share = [(n / sum(n for n, _ in share), sd) for n, sd in share]
-                if main_rank:
-                    print(
-                        "gradient-norm share per DDIM step (its σ; * = below the floor, never trained): "
-                        + "  ".join(
-                            f"{n:.3f} ({sd:.2f}{'*' if sd < cfg.sigma_min else ''})" for n, sd in share
-                        )
-                    )
-
-            # The host sync of the step (plus one per extra PPO pass): is it finite? (and the log row)
+            #### CURRICULUM: which reward stage(s), with which weights (curriculum.Schedule, method.md §5)
+            stage, weights = sched.stage_at(step), sched.at(step)
+            if step > 0 and stage != sched.stage_at(step - 1) and main_rank:  # a switch: checkpoint first
+                save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
+            #### BATCH: HR crops, their LR, and this step's noise generator, on the device
+            hr, lr = (x.to(dev, non_blocking=True) for x in batch)
+            gen = config.generator("rl/noise", cfg.seed, step, rank, device=dev)
+            opt.zero_grad(set_to_none=True)
+            share = None
+            if cfg.algo == "pg":
+                #### SAMPLING: G samples per LR image — DDIM with eta > 0 is a Gaussian policy — with the
+                #### per-step, per-pixel log-probs of every action (policy.sample)
+                lr_g, hr_g = lr.repeat_interleave(G, 0), hr.repeat_interleave(G, 0)
+                sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)
+                #### REWARD AND MAP: the stage(s) in use score every sample (rewards.py); a blended map
+                r, M, w_map, rewards = reward_and_map(source, weights, sr, hr_g, lr_g, step, cfg)
+                #### ADVANTAGES: the group-normalised score A_i plus the map's local penalty D_i(p)
+                size = traj.logprob.shape[-2:]  # the log-prob's size (a latent policy's: 1/4 of the map's)
+                adv = pixel_advantages(r, M, w_map, G, cfg.lam_px, cfg.adv_clip, size).detach()
+                ks = trained_steps(traj.std, cfg.sigma_min, cfg.train_fraction,
+                                   config.generator("rl/steps", cfg.seed, step))  # fmt: skip
+                #### TRAINING: PPO over the stored trajectory; between epochs the optimiser steps, so later
+                #### epochs see θ ≠ θ_old and the per-sample clip binds. At θ_old the ratio is 1 in exact
+                #### arithmetic; a kernel that rounds differently (bf16) could move it past DDPO's tiny clip,
+                #### so the first pass is the plain surrogate.
+                loss = torch.zeros((), device=dev)
+                for epoch in range(cfg.ppo_epochs):
+                    if epoch > 0:  # clip, step (unless not finite: a host sync), clear; then the next epoch
+                        if torch.isfinite(
+                            torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
+                        ):
+                            opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    clip = cfg.ppo_clip if epoch > 0 else math.inf
+                    pass_loss, rho, log_ratio = ppo_pass(policy, ref, traj, lr_g, hr, lr, adv, ks, cfg, clip)
+                    loss = loss + pass_loss / cfg.ppo_epochs
+                clip_frac = ((rho - 1).abs() > cfg.ppo_clip).float().mean()  # binds after the first epoch
+                stats = {"reward": r.mean(), "reward_std": r.std(), "approx_kl": 0.5 * (log_ratio**2).mean(),
+                         "clip_frac": clip_frac, "flat_groups": flat_groups(r, M, G),
+                         **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards}}  # fmt: skip
+                if step == 0:  # once per run: each DDIM step's share of the gradient norm (the σ floor)
+                    share = list(zip(policy.step_grad_norms(traj, lr_g[:G], adv[:G]), traj.std))
+            else:
+                #### REFL (the paper's): sample without grad to a random late step, one step with grad, and
+                #### the reward of its predicted x0 through the frozen reward model
+                K, g_stop = cfg.sample_steps, config.generator("rl/refl_stop", cfg.seed, step)
+                stop = int(torch.randint(max(0, K - cfg.refl_last), K, (), generator=g_stop))  # a late step
+                sr = policy.refl_sample(lr, K, stop, cfg.eta, gen)  # differentiable w.r.t. the UNet
+                hr_g = hr
+                r = sum(w * source.stages[s](sr, hr, step)[0] for s, w in weights)
+                loss = F.relu(cfg.refl_c - r).mean()  # relu(c − r): push the reward up until c
+                if sft_weight(cfg) > 0:
+                    loss = loss + sft_weight(cfg) * policy.sft_loss(hr, lr)
+                if cfg.lam_lr > 0:
+                    loss = loss + cfg.lam_lr * lr_consistency(sr, lr).mean()
+                loss.backward()
+                sr, r = sr.detach(), r.detach()
+                stats = {
+                    "reward": r.mean(),
+                    "reward_std": r.std(unbiased=False),
+                    "reward_var": r.var(unbiased=False),
+                }
+            #### STEP: clip the gradient, judge the samples, and — if everything is finite — step
+            gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
+            stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **judges(rms[-1], sr, hr_g)}
+            stats = config.mean_over_ranks(stats)  # one all-reduce: every rank takes the same decisions
+            # The host sync of the step: is it finite? The cause named when not: the reward, or the step size.
             finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(stats["grad_norm"]))
             cause = "lower --lr or raise --grad_clip"
-            if not finite and not torch.isfinite(stats["reward"]):  # the reward itself: blame its source
+            if not finite and not torch.isfinite(stats["reward"]):
                 cause = f"the reward is not finite: check --reward={cfg.reward} (--rm_dir={cfg.rm_dir})"
+            resume_at = step + 1
             if not nan.ok(finite, step, cause):
-                resume_at = step + 1
                 continue
             opt.step()
-            resume_at = step + 1
-            if coevo is not None and coevo.due(step):  # the active RM stage learns from this rollout
-                G = cfg.group if cfg.algo == "pg" else 1  # pg's samples come in groups of one LR
-                k = sched.at(step)[-1][0]  # the stage the curriculum is at or blending into
-                if main_rank:  # rank 0 refreshes (no collectives inside), then every rank gets its weights
-                    coevo.step(step, k, sr, hr.repeat_interleave(G, 0), G)
-                coevo.rms[k] = config.broadcast_module(coevo.rms[k])
+            # The RM stage in use (the one the curriculum is at or blending into) learns from this rollout.
+            if coevo is not None and coevo.refresh(
+                step, weights[-1][0], sr, hr_g, G if cfg.algo == "pg" else 1
+            ):
                 source = make_source(cfg.reward, coevo.rms, cfg)
             if cfg.switch == "plateau":
                 sched.update(step, float(stats["reward"]))
-            if logged:
-                w = sched.at(step)
-                row = {
-                    "step": step,
-                    "phase": "rl",
-                    "stage": stage,
-                    "blend": w[-1][1],
-                    "weights": w,
-                    **{k: float(v) for k, v in stats.items()},
-                    **(
-                        {"grad_share": [n for n, _ in share], "step_std": [sd for _, sd in share]}
-                        if share
-                        else {}
-                    ),
-                }
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                bar.set_postfix(
-                    stage=stage,
-                    r=f"{row['reward']:.3f}",
-                    rN=f"{row['reward_final']:.3f}",
-                    gold=f"{row['gold']:.3f}",
-                )
-            if (step + 1) % cfg.ckpt_every == 0:
-                save_state(step + 1)
+            #### LOG: what was optimised, RM_N's view, the gold judge — hacking shows as reward up, gold not
+            row = log_row(step, stage, weights, stats, share, cfg, main_rank)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(stage=stage, r=f"{row['reward']:.3f}", rN=f"{row['reward_final']:.3f}",
+                            gold=f"{row['gold']:.3f}")  # fmt: skip
+            if resume_at % cfg.ckpt_every == 0:
+                save_state(cfg, resume_at, policy, opt, sched, coevo)
     except KeyboardInterrupt:
-        save_state(resume_at)
+        save_state(cfg, resume_at, policy, opt, sched, coevo)
         log.close()
         raise SystemExit(f"interrupted at RL step {resume_at}: state saved; continue with --resume") from None
     log.close()
@@ -599,17 +351,101 @@ def main(cfg: Config) -> str:
         save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))
         for k, r in enumerate(coevo.rms if coevo else []):  # the co-evolved stages, beside the policy
             save_rm(r, os.path.join(cfg.out_dir, "rm_coevolved", f"rm_stage{k}"))
-        save_state(cfg.steps)
-        s = summary(os.path.join(cfg.out_dir, "metrics.jsonl"))
-        if s and cfg.steps > start:
-            print(
-                "first → last 10 % of RL steps:  "
-                + "  ".join(f"{k} {a:.3f} → {b:.3f}" for k, (a, b) in s.items())
-                + "  (gold: lower is better)"
-            )
+        save_state(cfg, cfg.steps, policy, opt, sched, coevo)
+        if row is not None:  # evaluate.summary gives the first → last 10 % of any run's log
+            print(f"RL done: {cfg.out_dir}/policy_final; last step: reward_final {row['reward_final']:.3f},"
+                  f" gold {row['gold']:.3f}, psnr {row['psnr']:.2f} (gold: lower is better)")  # fmt: skip
     config.barrier()  # nobody leaves before rank 0 has written the final checkpoints
     config.teardown()
     return cfg.out_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop's helpers, in the order the loop calls them
+
+
+def ppo_pass(policy, ref, traj, lr_g, hr, lr, adv, ks, cfg, clip):
+    """One pass of the PPO recompute over the trained steps `ks`, backward included; returns (this pass's
+    loss, the last chunk's per-sample ratios and per-pixel log-ratios). Chunks of micro_batch samples (0 = all
+    B·G at once) bound activation memory without changing the gradient (each chunk's mean is weighted by its
+    share of the batch); under torchrun only the pass's last backward all-reduces (no_sync before it)."""
+    BG = lr_g.shape[0]
+    mb = cfg.micro_batch if 0 < cfg.micro_batch < BG else BG
+    work = [(k, slice(c, c + mb)) for k in ks for c in range(0, BG, mb)]
+    total = torch.zeros((), device=lr_g.device)
+    for i, (k, c) in enumerate(work):  # loops over steps and chunks; never over single samples
+        last = i == len(work) - 1
+        with contextlib.nullcontext() if last else policy.no_sync():
+            x_t, x_prev, lr_c = traj.x[k][c], traj.x[k + 1][c], lr_g[c]
+            mean, std = policy.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)  # one UNet forward
+            logp = policy.gaussian_logprob(x_prev, mean, std)  # = policy.step_logprob, from that forward
+            loss, rho = ppo_loss(logp, traj.logprob[k][c], adv[c], clip)
+            if cfg.beta_kl > 0:  # KL(N(μ_θ, σ²) ‖ N(μ_ref, σ²)) = |μ_θ − μ_ref|² / 2σ² on the step means
+                with torch.no_grad():
+                    mean_ref, _ = ref.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)
+                loss = loss + cfg.beta_kl * ((mean - mean_ref) ** 2).mean() / (2 * std**2)
+            loss = loss * (logp.shape[0] / BG) / len(ks)  # the update: mean over samples and steps
+            if last and sft_weight(cfg) > 0:  # the supervised regulariser rides on the synchronising backward
+                loss = loss + sft_weight(cfg) * policy.sft_loss(hr, lr)
+            loss.backward()  # one UNet graph (one chunk of one step) alive at a time
+        total = total + loss.detach()
+    return total, rho, logp.detach() - traj.logprob[k][c]
+
+
+def sft_weight(cfg) -> float:
+    """λ_sft of --lam_sft: −1 resolves to the algorithm's own weight (pg 0, refl 1, the Config's comment)."""
+    return cfg.lam_sft if cfg.lam_sft >= 0 else float(cfg.algo == "refl")
+
+
+def log_row(step, stage, weights, stats, share, cfg, main_rank) -> dict:
+    """A step's metrics.jsonl row (design.md's keys); step 0 adds each DDIM step's gradient share and σ."""
+    row = {"step": step, "phase": "rl", "stage": stage, "blend": weights[-1][1], "weights": weights}
+    row.update({k: float(v) for k, v in stats.items()})
+    if share:
+        total = sum(n for n, _ in share)
+        row.update(grad_share=[n / total for n, _ in share], step_std=[sd for _, sd in share])
+        if main_rank:
+            cells = [f"{n / total:.3f} ({sd:.2f}{'*' if sd < cfg.sigma_min else ''})" for n, sd in share]
+            print(
+                "gradient-norm share per DDIM step (its σ; * = below the floor, never trained): "
+                + "  ".join(cells)
+            )
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resume, at the edges of the loop
+
+
+def resume_filter(st):
+    """The log rows a resume keeps: those before the resumed step (a kill -9 leaves more); None: fresh."""
+    if not st:
+        return None
+    at = int(st["step"])
+    if st.get("phase") == "sft":
+        return lambda r: r["phase"] == "sft" and r["step"] < at and "psnr_val" not in r
+    return lambda r: r["phase"] == "sft" or r["step"] < at
+
+
+def resume(st, policy, opt, sched, coevo, main_rank) -> int:
+    """Load an RL state into the loop's objects; returns the step to start at (0 without one)."""
+    if not st or st.get("phase") != "rl":
+        return 0
+    policy.unet.load_state_dict(st["unet"])
+    opt.load_state_dict(st["opt"])
+    sched.load_state_dict(json.loads(st["sched"]))
+    if coevo is not None:  # the co-evolved RMs and their optimisers, as they were at that step
+        coevo.load_state_dict(st)
+    print(f"resuming RL at step {st['step']}") if main_rank else None
+    return int(st["step"])
+
+
+def save_state(cfg, step, policy, opt, sched, coevo) -> None:
+    """state.pt (tensors, numbers and strings only), written by rank 0: the weights agree on every rank."""
+    if config.is_main():
+        state = {"phase": "rl", "step": step, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
+        state.update(sched=json.dumps(sched.state_dict()), **(coevo.state_dict() if coevo else {}))
+        rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from apply import score
 from config import ConfigError
 from evaluate import Config as EvalConfig
 from policy import load_policy, save_policy
-from rm import RMConfig, load_rm, make_rm, save_rm
+from rm import FinPercepRM, RMConfig, load_rm, load_stages, save_rm
 
 
 def gen(seed):
@@ -68,7 +68,7 @@ def rm_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
     torch.manual_seed(0)
     for k in range(4):
-        save_rm(make_rm(RMConfig(widths=(4, 8, 8, 8), stage=k)), str(out / f"rm_stage{k}"))
+        save_rm(FinPercepRM(RMConfig(widths=(4, 8, 8, 8), stage=k)), str(out / f"rm_stage{k}"))
     return str(out)
 
 
@@ -173,8 +173,8 @@ def test_wrong_directories_are_one_line_errors(ldm_dir, rm_dir, tmp_path):
     err(load_rm, policy_dir, match="not a rm checkpoint \\(a policy checkpoint\\)")
     err(load_rm, ldm_dir, match="not a rm checkpoint \\(a diffusers pipeline\\)")
     err(score, EvalConfig(rm=ldm_dir), ["x.png"], match="not a rm checkpoint")
-    err(train_rl.load_rms, policy_dir, "cpu", match="is a policy directory, not train_rm's out_dir")
-    err(train_rl.load_rms, os.path.join(rm_dir, "rm_stage2"), "cpu", match="one RM stage; pass its parent")
+    err(load_stages, policy_dir, "cpu", match="is a policy directory, not train_rm's out_dir")
+    err(load_stages, os.path.join(rm_dir, "rm_stage2"), "cpu", match="one RM stage; pass its parent")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hello")
     err(load_policy, str(tmp_path / "junk"), match="neither a policy directory")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import pytest
 
 import config
+import rundir
 
 
 @dataclass
@@ -46,10 +47,10 @@ def test_bad_flags_are_one_line_errors(argv, match):
 
 def test_atomic_dir_keeps_old_on_failure(tmp_path):
     p = str(tmp_path / "ckpt")
-    with config.atomic_dir(p) as d:
+    with rundir.atomic_dir(p) as d:
         open(f"{d}/a", "w").write("1")
     with pytest.raises(RuntimeError):
-        with config.atomic_dir(p) as d:
+        with rundir.atomic_dir(p) as d:
             open(f"{d}/a", "w").write("2")
             raise RuntimeError("interrupted")
     assert open(f"{p}/a").read() == "1"

@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 import apply
-import data
 import evaluate
+import images
+import report
 import sft
 from policy import PolicyConfig, make_policy, save_policy
-from rm import RMConfig, make_rm, save_rm
+from rm import FinPercepRM, RMConfig, save_rm
 
 # The same tiny sizes as tests/test_rl.py's TINY_RM / TINY_RL, passed through evaluate's rm_args / rl_args.
 TINY = dict(
@@ -68,9 +69,7 @@ def test_instability_by_hand():
     assert evaluate.instability([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])[1] == 0.0  # a rising curve never drops
     tail_std, drop = evaluate.instability([0.5, 0.7])  # too short for two windows
     assert tail_std == pytest.approx(math.sqrt(0.02)) and math.isnan(drop)
-    assert torch.allclose(
-        evaluate.trailing_mean(torch.tensor([2.0, 4, 6, 8]), 2), torch.tensor([2.0, 3, 5, 7])
-    )
+    assert torch.allclose(report.trailing_mean(torch.tensor([2.0, 4, 6, 8]), 2), torch.tensor([2.0, 3, 5, 7]))
 
 
 def test_noise_rule_over_seeds_by_hand():
@@ -148,27 +147,27 @@ def test_pyiqa_skip_path(monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def eval_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval"))
     with pytest.MonkeyPatch.context() as mp:  # SLIC superpixels of the photos once, not once per run
-        mp.setattr(data, "load_pool", functools.lru_cache(None)(data.load_pool))
+        mp.setattr(images, "load_pool", functools.lru_cache(None)(images.load_pool))
         mp.setattr(sft, "psnr_table", lambda *a, **k: {})  # SFT's own printout: tested in test_rl, slow here
         assert evaluate.main(evaluate.Config(out_dir=out, **TINY)) == out
     return out
 
 
-def test_main_writes_report_results_and_figures(report):
+def test_main_writes_report_results_and_figures(eval_dir):
     for f in ("report.md", "results.json", "curves.png", "samples.png", "rm_maps.png", "config.json"):
-        assert os.path.isfile(os.path.join(report, f)), f
+        assert os.path.isfile(os.path.join(eval_dir, f)), f
     arms = ("placebo", "global", "none", "ccl", "oracle_map", "ccl_coevolve")
     for run in (
         "sft/policy_sft",
         "rm/rm_stage3",
         *(f"rl_pg_{a}_s{s}/policy_final" for a in arms for s in (0, 1)),
     ):
-        assert os.path.isdir(os.path.join(report, "work", run)), run
+        assert os.path.isdir(os.path.join(eval_dir, "work", run)), run
     # results.json, the contract: every RL arm has one value per seed, bicubic and SFT one; verdicts named
-    res = json.load(open(os.path.join(report, "results.json")))
+    res = json.load(open(os.path.join(eval_dir, "results.json")))
     assert res["n_seeds"] == 2 and res["wall_s"] > 0
     assert set(res["arms"]) == {"bicubic", "sft", *arms}
     for name, m in res["arms"].items():
@@ -178,18 +177,18 @@ def test_main_writes_report_results_and_figures(report):
     claims = res["verdicts"]
     assert evaluate.HACK_CLAIM in claims and "RM_N + CCL beats the global reward on gold" in claims
     assert "RL works: the oracle (gold map) beats SFT on gold" in claims
-    text = open(os.path.join(report, "report.md")).read()
+    text = open(os.path.join(eval_dir, "report.md")).read()
     for arm in ("| sft |", "| placebo |", "| oracle_map |", "| ccl |", "| RM_0 |", "| RM_3 |", "skipped"):
         assert arm in text, arm
     assert "![training curves](curves.png)" in text and "standard errors" in text
     # The arms were trained with the explicit budget, from the SFT policy, on the RM trained on its samples;
     # each reward source as ARMS says, and the policies record the K and eta they sample with.
-    acfg = json.load(open(os.path.join(report, "work", "rl_pg_oracle_map_s1", "config.json")))
+    acfg = json.load(open(os.path.join(eval_dir, "work", "rl_pg_oracle_map_s1", "config.json")))
     assert acfg["steps"] == 2 and acfg["init_policy"].endswith("sft/policy_sft") and acfg["seed"] == 1
     assert (acfg["reward"], acfg["curriculum"]) == ("gold", "none")
-    pol = json.load(open(os.path.join(report, "work", "rl_pg_ccl_s0", "policy_final", "policy.json")))
+    pol = json.load(open(os.path.join(eval_dir, "work", "rl_pg_ccl_s0", "policy_final", "policy.json")))
     assert (pol["steps"], pol["eta"]) == (acfg["sample_steps"], acfg["eta"])
-    rcfg = json.load(open(os.path.join(report, "work", "rm", "config.json")))
+    rcfg = json.load(open(os.path.join(eval_dir, "work", "rm", "config.json")))
     assert rcfg["policy"].endswith("policy_sft") and rcfg["stage_steps"] == [2, 2, 2, 2]
 
 
@@ -202,7 +201,7 @@ def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
     for k in (0, 1):
-        save_rm(make_rm(RMConfig(widths=(4, 8, 8, 8), stage=k)), str(d / f"rm_stage{k}"))
+        save_rm(FinPercepRM(RMConfig(widths=(4, 8, 8, 8), stage=k)), str(d / f"rm_stage{k}"))
     save_policy(
         make_policy(PolicyConfig(block_out_channels=(8, 16), residual_scale=10.0, steps=2)), str(d / "pol")
     )

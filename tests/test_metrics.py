@@ -6,13 +6,14 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import data
+import images
 import metrics
 
 
 @pytest.fixture(scope="module")
 def pair():
     g = torch.Generator().manual_seed(0)
-    hr = data.procedural_images(4, 48, g)
+    hr = images.procedural_images(4, 48, g)
     sr = (hr + 0.05 * torch.randn(hr.shape, generator=g)).clamp(0, 1)
     return sr, hr
 
@@ -54,7 +55,7 @@ def test_label_map_zero_for_identical_and_range(pair):
 
 def test_label_map_higher_inside_swapped_region():
     g = torch.Generator().manual_seed(1)
-    hr = data.procedural_images(6, 64, g)
+    hr = images.procedural_images(6, 64, g)
     sr = data.ZOO["texture"](hr, None, torch.ones(6, 1, 1, 1), g).clamp(0, 1)
     mask = torch.zeros(6, 1, 64, 64)
     mask[..., 16:40, 20:44] = 1
@@ -68,7 +69,7 @@ def test_label_map_sees_blur_and_invented_texture():
     """The feature term is what makes blur a defect: its share of the map must be large for a blurred
     image even though the pixel error is small (method.md §2, pixel + feature beats pixel alone)."""
     g = torch.Generator().manual_seed(2)
-    hr = data.load_pool("builtin", "train", crop=64).crops(16, 64, g)
+    hr = images.load_pool("builtin", "train", crop=64).crops(16, 64, g)
     blur = data.upsample(data.degrade(hr, 0.0))
     full, pix = metrics.label_map(blur, hr).mean(), metrics.label_map(blur, hr, alpha=1.0).mean()
     assert full > 1.5 * 0.5 * pix  # α = 0.5: the feature half contributes more than the pixel half

@@ -14,7 +14,7 @@ import train_rl
 import train_rm
 from metrics import label_map
 from policy import PolicyConfig, load_policy, make_policy
-from rm import RMConfig, freeze, load_rm, make_rm
+from rm import FinPercepRM, RMConfig, freeze, load_rm
 
 TINY_RM = dict(widths=(4, 8, 8, 8), crop=32, batch=2, stage_steps=(2, 2, 2, 2), val_n=4, log_every=1)
 TINY_RL = dict(
@@ -116,7 +116,7 @@ def test_reward_sources():
 def tiny(tmp_path_factory):
     torch.manual_seed(0)
     policy = make_policy(PolicyConfig(block_out_channels=(8, 16), residual_scale=10.0))
-    rms = [freeze(make_rm(RMConfig(widths=(4, 8, 8, 8), stage=k))) for k in range(4)]
+    rms = [freeze(FinPercepRM(RMConfig(widths=(4, 8, 8, 8), stage=k))) for k in range(4)]
     for r in rms[1:]:  # break the zero-init of the map coupling so rewards depend on the maps
         torch.nn.init.normal_(r.map_stats.weight, std=1.0)
     return policy, rms
@@ -124,39 +124,6 @@ def tiny(tmp_path_factory):
 
 def src(rms):
     return rewards.make_source("rm", rms, train_rl.Config())
-
-
-def test_equal_rewards_and_maps_give_zero_gradient(tiny):
-    policy, rms = tiny
-    cfg = train_rl.Config(**STEP)
-    lr = torch.rand(1, 3, 8, 8)
-    # every sample of the group identical → equal rewards and maps → A = D = 0 → no gradient, 1 flat group
-    gen = torch.Generator().manual_seed(0)
-    sr, traj = policy.sample(lr.repeat(2, 1, 1, 1), 2, 1.0, gen, return_traj=True)
-    traj.x, traj.logprob = traj.x[:, :1].repeat(1, 2, 1, 1, 1), traj.logprob[:, :1].repeat(1, 2, 1, 1, 1)
-    policy.sample = lambda *a, **k: (sr[:1].repeat(2, 1, 1, 1), traj)  # noqa: E731  (a fixed rollout)
-    try:
-        policy.zero_grad()
-        sched = train_rl.Schedule("none", 3, 2)
-        hr = torch.rand(1, 3, 32, 32)
-        _, _, stats = train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, gen)
-    finally:
-        del policy.sample
-    grads = [p.grad for p in policy.unet.parameters() if p.grad is not None]
-    assert stats["flat_groups"] == 1 and all(g.abs().max() == 0 for g in grads)
-
-
-def test_refl_step_grads_into_unet_not_rm(tiny):
-    policy, rms = tiny
-    cfg = train_rl.Config(**STEP)
-    policy.zero_grad()
-    sched = train_rl.Schedule("none", 3, 2)
-    hr = torch.rand(2, 3, 32, 32)
-    lr = torch.nn.functional.avg_pool2d(hr, 4)
-    loss, _, _ = train_rl.refl_step(policy, src(rms), sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
-    g = [p.grad for p in policy.unet.parameters()]
-    assert all(x is not None and torch.isfinite(x).all() for x in g) and sum(x.abs().sum() for x in g) > 0
-    assert all(p.grad is None for r in rms for p in r.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -241,31 +208,6 @@ def test_resume_continues(tmp_path, rm_dir, sft_dir):
     assert [r["step"] for r in rows] == [0, 1, 2]
 
 
-def test_ppo_epochs_step_between_passes_so_the_clip_binds(tiny):
-    # With one pass the ratio is exactly 1 (θ = θ_old) and nothing is clipped; with two passes the optimiser
-    # steps in between, so the second pass sees θ ≠ θ_old and a tight clip binds on some pixels.
-    policy, rms = tiny
-    base = STEP
-    opt = torch.optim.SGD(policy.unet.parameters(), lr=1.0)
-    calls = []
-
-    def inner_update():
-        calls.append(1)
-        opt.step()
-        opt.zero_grad()
-
-    lr, hr = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)
-    sched = train_rl.Schedule("none", 3, 2)
-    clip = {}
-    for epochs in (1, 2):
-        cfg = train_rl.Config(**{**base, "ppo_epochs": epochs, "ppo_clip": 1e-6})
-        policy.zero_grad()
-        gen = torch.Generator().manual_seed(1)
-        _, _, stats = train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, gen, inner_update)
-        clip[epochs] = float(stats["clip_frac"])
-    assert len(calls) == 1 and clip[1] == 0.0 and clip[2] > 0.0
-
-
 def test_bf16_channels_last_run_keeps_fp32_logprobs(tmp_path, rm_dir, sft_dir):
     # The gpu preset's speed knobs on CPU: the UNet runs under bf16 autocast in NHWC, while the log-probs
     # and the PPO ratio stay fp32 — at θ_old the recomputed ratio is still 1 (approx_kl ~ 0).
@@ -282,34 +224,6 @@ def test_bf16_channels_last_run_keeps_fp32_logprobs(tmp_path, rm_dir, sft_dir):
     assert len(rows) == 2 and all(r["approx_kl"] < 1e-6 and r["clip_frac"] == 0 for r in rows)
     with pytest.raises(SystemExit, match="--amp=fp16 is not allowed"):
         train_rl.main(dataclasses.replace(cfg, amp="fp16"))
-
-
-def test_micro_batch_recompute_gives_the_same_gradient(tiny):
-    # Chunking the log-prob recompute (the gpu preset's memory bound) must not change the update.
-    policy, rms = tiny
-    base = STEP
-    lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)  # B·G = 4 samples
-    sched = train_rl.Schedule("none", 3, 2)
-    grads = {}
-    for mb in (0, 1, 3):  # whole batch, one sample per chunk, uneven chunks (3 + 1)
-        policy.zero_grad()
-        cfg = train_rl.Config(**{**base, "batch": 2, "micro_batch": mb})
-        train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, torch.Generator().manual_seed(3))
-        grads[mb] = torch.cat([p.grad.flatten() for p in policy.unet.parameters()])
-    assert grads[0].abs().sum() > 0
-    for mb in (1, 3):
-        assert torch.allclose(grads[mb], grads[0], rtol=1e-4, atol=1e-6 * grads[0].abs().max())
-
-
-def test_bad_ppo_settings_are_clear_errors(tiny, tmp_path):
-    policy, rms = tiny
-    base = STEP
-    cfg = train_rl.Config(**{**base, "ppo_epochs": 2})
-    lr, hr, sched = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32), train_rl.Schedule("none", 3, 2)
-    with pytest.raises(ValueError, match="needs inner_update"):  # passes would pile up into a doubled step
-        train_rl.pg_step(policy, None, src(rms), sched, 0, hr, lr, cfg, torch.Generator().manual_seed(0))
-    with pytest.raises(SystemExit, match="--ppo_epochs=0 is not allowed"):
-        train_rl.main(train_rl.Config(**{**base, "ppo_epochs": 0, "out_dir": str(tmp_path)}))
 
 
 def test_coevolve_refreshes_the_rm_online_and_keeps_its_contract(tmp_path, rm_dir, sft_dir):
@@ -338,3 +252,103 @@ def test_coevolve_refreshes_the_rm_online_and_keeps_its_contract(tmp_path, rm_di
     assert score.shape == (2,) and ((score >= 0) & (score <= 1)).all() and dmap.shape == (2, 1, 32, 32)
     with pytest.raises(SystemExit, match="needs --reward=rm"):
         train_rl.main(dataclasses.replace(cfg, reward="gold"))
+
+
+def rollout(policy, rms, n_lr=1, G=2, seed=0):
+    """A pg rollout of tiny images with its advantages (train_rl.main's sampling → reward → advantages)."""
+    cfg = train_rl.Config(**{**STEP, "group": G})
+    lr, hr = torch.rand(n_lr, 3, 8, 8), torch.rand(n_lr, 3, 32, 32)
+    lr_g, hr_g = lr.repeat_interleave(G, 0), hr.repeat_interleave(G, 0)
+    sr, traj = policy.sample(
+        lr_g, cfg.sample_steps, cfg.eta, torch.Generator().manual_seed(seed), return_traj=True
+    )
+    r, M, w_map, _ = rewards.reward_and_map(src(rms), [(3, 1.0)], sr, hr_g, lr_g, 0, cfg)
+    adv = train_rl.pixel_advantages(
+        r, M, w_map, G, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:]
+    ).detach()
+    ks = train_rl.trained_steps(traj.std, cfg.sigma_min, 1.0, torch.Generator())
+    return cfg, lr, hr, lr_g, traj, r, M, adv, ks
+
+
+def grads(policy):
+    return torch.cat([p.grad.flatten() for p in policy.unet.parameters() if p.grad is not None])
+
+
+def test_equal_rewards_and_maps_give_zero_gradient(tiny):
+    # every sample of the group identical → equal rewards and maps → A = D = 0 → no gradient, 1 flat group
+    policy, rms = tiny
+    cfg, lr, hr, lr_g, traj, r, M, adv, ks = rollout(policy, rms)
+    same = lambda x: x[:, :1].expand_as(x).clone()  # noqa: E731  (sample 0 everywhere)
+    traj.x, traj.logprob = same(traj.x), same(traj.logprob)
+    r, M = r[:1].expand(2).clone(), M[:1].expand_as(M).clone()
+    adv = train_rl.pixel_advantages(r, M, 1.0, 2, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:])
+    policy.zero_grad()
+    train_rl.ppo_pass(policy, None, traj, lr_g, hr, lr, adv, ks, cfg, math.inf)
+    assert rewards.flat_groups(r, M, 2) == 1 and grads(policy).abs().max() == 0
+
+
+def test_batched_gradient_equals_per_sample(tiny):
+    # The per-sample ("naive") update a first implementation writes — each sample's log-prob recomputed alone,
+    # its loss weighted 1 / (B·G · n_train) — gives the batched update's gradient.
+    policy, rms = tiny
+    cfg, lr, hr, lr_g, traj, r, M, adv, ks = rollout(policy, rms, n_lr=2)
+    policy.zero_grad()
+    train_rl.ppo_pass(policy, None, traj, lr_g, hr, lr, adv, ks, cfg, math.inf)
+    batched = grads(policy)
+    policy.zero_grad()
+    n = lr_g.shape[0]
+    for k in ks:
+        for i in range(n):
+            s = slice(i, i + 1)
+            logp = policy.step_logprob(
+                traj.x[k][s], traj.x[k + 1][s], traj.t[k], lr_g[s], traj.steps, traj.eta
+            )
+            (train_rl.ppo_loss(logp, traj.logprob[k][s], adv[s], math.inf)[0] / (n * len(ks))).backward()
+    assert batched.abs().sum() > 0
+    assert torch.allclose(grads(policy), batched, rtol=1e-3, atol=1e-6 * batched.abs().max())
+
+
+def test_micro_batch_recompute_gives_the_same_gradient(tiny):
+    # Chunking the log-prob recompute (the gpu preset's memory bound) must not change the update.
+    policy, rms = tiny
+    cfg, lr, hr, lr_g, traj, r, M, adv, ks = rollout(policy, rms, n_lr=2)  # B·G = 4 samples
+    got = {}
+    for mb in (0, 1, 3):  # whole batch, one sample per chunk, uneven chunks (3 + 1)
+        policy.zero_grad()
+        train_rl.ppo_pass(
+            policy, None, traj, lr_g, hr, lr, adv, ks, dataclasses.replace(cfg, micro_batch=mb), math.inf
+        )
+        got[mb] = grads(policy)
+    assert got[0].abs().sum() > 0
+    for mb in (1, 3):
+        assert torch.allclose(got[mb], got[0], rtol=1e-4, atol=1e-6 * got[0].abs().max())
+
+
+def test_refl_gradient_reaches_the_unet_not_the_rm(tiny):
+    # ReFL as train_rl.main runs it: one differentiable step, the frozen RM's reward of its x0, relu(c − r).
+    policy, rms = tiny
+    hr = torch.rand(2, 3, 32, 32)
+    lr = torch.nn.functional.avg_pool2d(hr, 4)
+    policy.zero_grad()
+    sr = policy.refl_sample(lr, 2, 1, 1.0, torch.Generator().manual_seed(0))
+    r = src(rms).stages[3](sr, hr, 0)[0]
+    torch.nn.functional.relu(1.0 - r).mean().backward()
+    g = [p.grad for p in policy.unet.parameters()]
+    assert all(x is not None and torch.isfinite(x).all() for x in g) and sum(x.abs().sum() for x in g) > 0
+    assert all(p.grad is None for r in rms for p in r.parameters())
+
+
+def test_ppo_epochs_step_between_passes_so_the_clip_binds(tmp_path, rm_dir, sft_dir):
+    # With one pass the ratio is exactly 1 (θ = θ_old) and nothing is clipped; with two passes the optimiser
+    # steps in between, so the second pass sees θ ≠ θ_old and a tight clip binds on some samples.
+    base = dict(
+        rm_dir=rm_dir, init_policy=os.path.join(sft_dir, "policy_sft"), **{**TINY_RL, "ppo_clip": 1e-7}
+    )
+    clip = {}
+    for epochs in (1, 2):
+        out = tmp_path / f"e{epochs}"
+        train_rl.main(train_rl.Config(out_dir=str(out), ppo_epochs=epochs, **base))
+        clip[epochs] = max(json.loads(x)["clip_frac"] for x in open(out / "metrics.jsonl"))
+    assert clip[1] == 0.0 and clip[2] > 0.0
+    with pytest.raises(SystemExit, match="--ppo_epochs=0 is not allowed"):
+        train_rl.Config(ppo_epochs=0)

@@ -7,15 +7,15 @@ import os
 import pytest
 import torch
 
-from config import write_json  # tests/conftest.py puts the repo root on sys.path
-from rm import RMConfig, freeze, group_loss, grow, load_rm, make_rm, rank_loss, reward, rm_losses, save_rm
+from rm import FinPercepRM, RMConfig, freeze, group_loss, grow, load_rm, rank_loss, reward, rm_losses, save_rm
+from rundir import write_json  # tests/conftest.py puts the repo root on sys.path
 
 TINY = dict(widths=(8, 8, 16, 16), n_stages=3, hidden=16, groups=4)  # total stride 8
 
 
 def tiny(stage: int):
     torch.manual_seed(stage)
-    return make_rm(RMConfig(stage=stage, **TINY))
+    return FinPercepRM(RMConfig(stage=stage, **TINY))
 
 
 def jitter(model, std: float = 0.05):
@@ -96,7 +96,7 @@ REWARD_CASES = [(0, False, None), (2, False, None), (2, True, None), (3, True, 0
 def test_reward_gradient_wrt_image(stage, fused, tau, images):
     rm = freeze(jitter(tiny(stage)))
     x = images.clone().requires_grad_(True)
-    r = reward(rm, x, fused=fused, tau=tau)
+    r = reward(*rm(x), fused=fused, tau=tau)
     assert r.shape == (2,) and ((r >= 0) & (r <= 1)).all()
     r.sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
@@ -109,7 +109,7 @@ def test_fused_reward_hand_computed(images):
     k = max(1, round(0.05 * 32 * 32))
     worst = dmap.flatten(1).sort(dim=1, descending=True).values[:, :k].mean(1)
     want = 0.7 * score + 0.3 * (1 - worst)
-    assert torch.allclose(reward(rm, images, fused=True, lam1=0.7, lam2=0.3, topk=0.05), want, atol=1e-6)
+    assert torch.allclose(reward(*rm(images), fused=True, lam1=0.7, lam2=0.3, topk=0.05), want, atol=1e-6)
 
 
 def test_growth_is_function_preserving(images):

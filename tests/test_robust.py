@@ -15,6 +15,7 @@ import apply
 import config
 import data
 import evaluate
+import images
 import rm
 import train_rl
 import train_rm
@@ -105,7 +106,7 @@ def test_train_rl_resume_after_a_kill_logs_every_step_once(runs, tmp_path, monke
     train_rl.main(ref)
     run = dataclasses.replace(ref, out_dir=str(tmp_path / "run"), ckpt_every=2)
     with monkeypatch.context() as m:
-        crash_at(m, train_rl, "rl_update", 4, RuntimeError("killed"))  # step 3: rows 0–2, state at step 2
+        crash_at(m, train_rl, "log_row", 4, RuntimeError("killed"))  # step 3: rows 0–2, state at step 2
         with pytest.raises(RuntimeError):
             train_rl.main(run)
     assert [r["step"] for r in rows(run.out_dir)] == [0, 1, 2]
@@ -216,7 +217,7 @@ def test_score_and_upscale_fail_when_nothing_was_read(runs, tmp_path):
 def test_dark_16_bit_grey_keeps_its_scale(tmp_path):
     Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)).save(tmp_path / "dark.png")
     with Image.open(tmp_path / "dark.png") as im:
-        x = data.to_rgb_float(im)
+        x = images.to_rgb_float(im)
     assert torch.allclose(x, torch.full_like(x, 200 / 65535))
 
 

@@ -1,5 +1,7 @@
-"""Bring your own data: HR folders, paired real-world folders (RealSR / DRealSR / DIV2K naming), lr:
-folders, and every bad input a user is likely to hit, each a one-line error. Tiny PNGs made here."""
+"""images.py: the built-in photos and split, HR folders (any mode, corrupt files), paired LR/HR sets (RealSR,
+DRealSR, DIV2K names), lr: folders, and the pools the loops crop from."""
+
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data
+import images
 from config import ConfigError
 
 
@@ -22,6 +25,48 @@ def save(path, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path)
 
 
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A folder with every kind of file a user might have: RGB, grey, RGBA, palette, 16-bit, corrupt."""
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(d / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (70, 70), dtype=np.uint8)).save(d / "grey.jpg")
+    Image.fromarray(rng.integers(0, 255, (72, 72, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).convert("P").save(d / "pal.bmp")
+    os.makedirs(d / "sub")
+    Image.fromarray((rng.integers(0, 65535, (66, 66))).astype(np.uint16)).save(d / "sub" / "deep16.png")
+    (d / "broken.png").write_bytes(b"not a png at all")
+    return d
+
+
+def test_folder_conversions_and_corrupt_skipped(folder):
+    with pytest.warns(UserWarning, match="broken.png"):
+        imgs = images.load_images(str(folder))
+    assert len(imgs) == 5
+    for im in imgs:
+        assert im.shape[0] == 3 and im.dtype == torch.float32 and 0 <= im.min() and im.max() <= 1
+    deep = [im for im in imgs if im.shape[-1] == 66][0]
+    assert deep.max() > 0.9 and deep.min() < 0.1  # 16-bit scaled by 65535, not clipped to white
+
+
+def test_bad_sources_are_one_line_errors(tmp_path, folder):
+    with pytest.raises(ConfigError, match="no usable image"):
+        images.load_images(str(tmp_path))
+    with pytest.raises(ConfigError, match="not 'builtin' and not a folder"):
+        images.load_images(str(tmp_path / "nope"))
+    with pytest.warns(UserWarning):
+        imgs = images.load_images(str(folder))
+    with pytest.raises(ConfigError, match="smaller than the 128px crop"):
+        images.ImagePool(imgs, 128)
+
+
+def test_builtin_split_is_disjoint():
+    assert not set(images.HELDOUT_PHOTOS) & set(images.TRAIN_PHOTOS + images.TRAIN_GRAY)
+    val = images.load_images("builtin", "val")
+    assert len(val) == len(images.HELDOUT_PHOTOS)
+
+
 def test_paired_quarter_size_crops_are_aligned(tmp_path):
     lr_dir, hr_dir = tmp_path / "lr", tmp_path / "hr"
     lr_dir.mkdir(), hr_dir.mkdir()
@@ -29,8 +74,8 @@ def test_paired_quarter_size_crops_are_aligned(tmp_path):
         hr = blocky(i, 48, 64)
         save(hr_dir / f"000{i}.png", hr)
         save(lr_dir / f"000{i}x4.png", hr[::4, ::4])
-    pool = data.load_pool(f"paired:{lr_dir},{hr_dir}", crop=32)
-    assert isinstance(pool, data.PairedPool) and len(pool.images) == 2
+    pool = images.load_pool(f"paired:{lr_dir},{hr_dir}", crop=32)
+    assert isinstance(pool, images.PairedPool) and len(pool.images) == 2
     hr, lr = pool.pairs(6, 32, torch.Generator().manual_seed(0), strength=0.9)  # strength ignored: real LR
     assert hr.shape == (6, 3, 32, 32) and lr.shape == (6, 3, 8, 8)
     torch.testing.assert_close(F.avg_pool2d(hr, 4), lr)  # aligned to the pixel
@@ -45,7 +90,7 @@ def test_realsr_one_folder_same_size_lr_is_downsampled(tmp_path):
         hr = np.random.default_rng(i).integers(0, 256, (40, 44, 3), dtype=np.uint8)
         save(tmp_path / f"Canon_00{i}_HR.png", hr)
         save(tmp_path / f"Canon_00{i}_LR4.png", 255 - hr)  # a different image, to see which side is which
-    pool = data.load_pool(f"paired:{tmp_path},{tmp_path}", crop=32)
+    pool = images.load_pool(f"paired:{tmp_path},{tmp_path}", crop=32)
     assert len(pool.images) == 2
     hr, lr = pool.pairs(4, 32, torch.Generator().manual_seed(0))
     assert lr.shape == (4, 3, 8, 8)
@@ -54,7 +99,7 @@ def test_realsr_one_folder_same_size_lr_is_downsampled(tmp_path):
 
 
 def test_hr_pool_pairs_keep_the_old_random_stream(tmp_path):
-    pool = data.ImagePool([data.procedural_images(1, 48, torch.Generator().manual_seed(0))[0]], 32)
+    pool = images.ImagePool([images.procedural_images(1, 48, torch.Generator().manual_seed(0))[0]], 32)
     strength = lambda g: float(torch.rand((), generator=g))  # noqa: E731  (like sft.draw_strength)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     hr, lr = pool.pairs(3, 32, g1, lambda: strength(g1))
@@ -73,7 +118,7 @@ def test_unmatched_and_misscaled_pairs_are_one_error(tmp_path):
     save(lr_dir / "c_LR4.png", blocky(2, 8, 8))  # no HR
     save(hr_dir / "d_HR.png", blocky(3, 32, 32))  # no LR
     with pytest.raises(ConfigError) as e:
-        data.load_pool(f"paired:{lr_dir},{hr_dir}", crop=32)
+        images.load_pool(f"paired:{lr_dir},{hr_dir}", crop=32)
     msg = str(e.value)
     assert "\n" not in msg and "3 file(s)" in msg
     assert "b_LR4.png (LR 16x16 vs HR 32x32" in msg and "c_LR4.png (no HR)" in msg
@@ -89,30 +134,18 @@ def test_bad_data_specs_are_one_line_errors(tmp_path):
         (f"paired:{tmp_path},{tmp_path}", "x.png \\(no _HR/_LR suffix\\)"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            data.load_pool(spec, crop=32)
-    assert data.lr_files(f"lr:{tmp_path}") == [str(tmp_path / "x.png")]
+            images.load_pool(spec, crop=32)
+    assert images.lr_files(f"lr:{tmp_path}") == [str(tmp_path / "x.png")]
     with pytest.raises(ConfigError, match="lr:LR_DIR"):
-        data.lr_files(str(tmp_path))
+        images.lr_files(str(tmp_path))
 
 
 def test_hr_folder_large_images_are_cropped_never_resized(tmp_path):
     big = blocky(0, 96, 128)
     for i in range(4):
         save(tmp_path / f"{i}.png", np.roll(big, 8 * i, axis=1))
-    pool = data.load_pool(str(tmp_path), crop=32)
+    pool = images.load_pool(str(tmp_path), crop=32)
     assert [tuple(im.shape) for im in pool.images] == [(3, 96, 128)] * 4  # full size, not resized
     assert pool.segments[0].shape == (96, 128)
     hr, lr = pool.pairs(2, 32, torch.Generator().manual_seed(0), 0.0)
     assert hr.shape == (2, 3, 32, 32) and lr.shape == (2, 3, 8, 8)
-
-
-def test_worker_processes_decode_the_same_images(tmp_path, monkeypatch):
-    for i in range(4):
-        save(tmp_path / f"{i}.png", blocky(i, 32, 48))
-    serial = data.load_pool(str(tmp_path), crop=32)
-    monkeypatch.setattr(data, "MAX_WORKERS", 2)  # the opt-in parallel path: same images, same order
-    if (data.os.cpu_count() or 1) < 2:
-        pytest.skip("one CPU: the loader never starts workers")
-    parallel = data.load_pool(str(tmp_path), crop=32)
-    assert all(torch.equal(a, b) for a, b in zip(serial.images, parallel.images))
-    assert all(torch.equal(a, b) for a, b in zip(serial.segments, parallel.segments))

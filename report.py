@@ -1,0 +1,212 @@
+"""evaluate.py's output: the arm and reward-model tables, the figures (curves.png, samples.png, rm_maps.png)
+and report.md — made from the numbers evaluate.py computed, never the other way round.
+
+    report.figures(cfg, arms, rms, shown, val, out_dir)     # the paper's Fig. 1b / 1c in the toy world
+    text = report.report_text(cfg, ...)                     # report.md
+
+What a reader should see (method.md "The honest toy world"):
+- curves.png: RM_N's score (reward_final, the same judge in every arm) and the gold judge per RL step, one
+  faint line per training seed and their mean bold; the controls (placebo, oracles) dashed. Reward hacking
+  is a reward curve that rises while the gold curve does not fall.
+- samples.png: the SR images themselves (the artifacts a reader wants to see), each above the gold judge's
+  map of it, for a few held-out crops; LR and HR at the ends of each row.
+- rm_maps.png: held-out FGR examples, their label map, and what each RM stage's map makes of them.
+Kept apart from evaluate.py, which trains and judges, so both read on their own (design.md: ~400 lines).
+"""
+
+import json
+import os
+
+import torch
+
+import data
+import images
+from metrics import label_map
+
+
+def rl_rows(run_dir: str) -> list:
+    """The RL rows of a run's metrics.jsonl (train_rl.py: one per step), in step order."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r.get("phase") == "rl"]
+
+
+def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
+    """Mean of the last ≤ w values at every index (the training curves' smoothing), by cumulative sums."""
+    c = torch.cat([v.new_zeros(1), v.cumsum(0)])
+    i = torch.arange(1, len(v) + 1)
+    lo = (i - w).clamp(min=0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables: every cell is a mean over training seeds with their std (cell); ↑ higher / ↓ lower is better
+
+
+COLUMNS = [("gold", "gold M̄ ↓"), ("gain", "oracle-norm. gain ↑"), ("psnr", "PSNR-Y ↑"), ("ssim", "SSIM-Y ↑")]
+COLUMNS += [("area", "artifact area ↓"), ("judge_ssim", "1−SSIM ↓"), ("judge_pix", "pixel judge ↓")]
+COLUMNS += [("proxy0", "RM_0 ↑"), ("proxyN", "RM_N ↑"), ("gap_vs_placebo", "hacking gap − placebo's ↓")]
+COLUMNS += [("tail_std", "tail std ↓")]
+
+
+def md_table(header: list, rows: list) -> str:
+    """A Markdown table (report.md renders it; the terminal prints it as is)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def cell(vals) -> str:
+    """Mean over seeds, ± their std when there are several; '—' for a missing or NaN value."""
+    v = [x for x in vals or [] if x is not None and x == x]
+    if not v:
+        return "—"
+    m = sum(v) / len(v)
+    return f"{m:.4g}" if len(v) == 1 else f"{m:.4g} ± {torch.tensor(v).std().item():.2g}"
+
+
+def arm_table(results: dict, extra: list) -> str:
+    """One row per arm (bicubic, SFT, the controls, the RL arms) and the COLUMNS (+ pyiqa's, if present).
+    The hacking gap is shown minus the placebo's: random rewards move a policy too, and only the part of the
+    gap beyond that is the reward's doing."""
+    gaps = results.get("placebo", {}).get("gap", [])
+    gap0 = sum(gaps) / len(gaps) if gaps else float("nan")  # the placebo's mean gap: what noise alone does
+    cols = COLUMNS + [(k, k.upper()) for k in extra]
+    rows = []
+    for name, res in results.items():
+        res = {**res, "gap_vs_placebo": [g - gap0 for g in res.get("gap", [])]}
+        rows.append([name] + [cell(res.get(k)) for k, _ in cols])
+    return md_table(["arm"] + [h for _, h in cols], rows)
+
+
+def rm_table(rows: list) -> str:
+    """Rows of dicts with a "stage" (metrics.validate, metrics.policy_metrics) as a table; None reads '—'."""
+    keys = [k for k in rows[0] if k != "stage"]
+    f = lambda x: "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    return md_table(["stage"] + keys, [[f"RM_{r['stage']}"] + [f(r[k]) for k in keys] for r in rows])
+
+
+def image_grid(plt, titles: list, rows: list, path: str) -> None:
+    """A grid figure: rows of cells (image (C, H, W) or None, label); 1-channel maps in magma, [0, 1]."""
+    fig, axes = plt.subplots(
+        len(rows), len(titles), figsize=(1.7 * len(titles), 1.8 * len(rows)), squeeze=False
+    )
+    for j, t in enumerate(titles):
+        axes[0, j].set_title(t, fontsize=8)
+    for i, row in enumerate(rows):
+        for ax, (x, label) in zip(axes[i], row):
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_frame_on(x is not None)
+            if x is not None:
+                kw = dict(cmap="magma", vmin=0, vmax=1) if x.shape[0] == 1 else {}
+                ax.imshow(x[0].numpy() if x.shape[0] == 1 else x.clamp(0, 1).permute(1, 2, 0).numpy(), **kw)
+            ax.set_xlabel(label, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+@torch.no_grad()
+def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
+    """curves.png (the paper's Fig. 1b), samples.png (Fig. 1c) and rm_maps.png in out_dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    # Fig. 1b: reward_final (RM_N's score, comparable across arms and reward sources) and gold per RL step:
+    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for i, (name, runs) in enumerate((n, r) for n, r in arms.items() if r[0][0]):  # RL arms only
+        curves = [rl_rows(run_dir) for run_dir, _, _ in runs]  # one curve per training seed
+        steps = [x["step"] for x in curves[0]]
+        ls = "--" if name in ("placebo", "oracle_map", "oracle_score") else "-"
+        for ax, key in zip(axes, ("reward_final", "gold")):
+            v = torch.tensor(
+                [[x[key] for x in rows] for rows in curves], dtype=torch.float64
+            )  # (seeds, steps)
+            for seed_curve in v:
+                ax.plot(steps, seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
+            ax.plot(steps, trailing_mean(v.mean(0), 5), color=f"C{i}", lw=1.6, ls=ls, label=name)
+    for ax, t in zip(axes, ("reward_final (RM_N score) ↑", "gold (mean label map vs HR) ↓")):
+        ax.set(xlabel="RL step", title=t)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
+    # Fig. 1c: for each shown crop, a row of images (LR, every arm's SR, HR) and below it the gold judge's map
+    # of each SR: the artifacts themselves stay visible, and the map says where the judge sees them.
+    hr, lr, srs = shown
+    idx = torch.linspace(0, len(hr) - 1, cfg.n_show).round().long()  # spread over clean and degraded halves
+    rows = []
+    for i in idx.tolist():  # two grid rows per crop: the images, then their gold maps (LR / HR cells empty)
+        maps = {n: label_map(s[i : i + 1], hr[i : i + 1])[0] for n, s in srs.items()}
+        rows.append([(data.upsample(lr[i : i + 1], "nearest")[0], "LR")] + [(s[i], "") for s in srs.values()])
+        rows[-1].append((hr[i], "HR"))
+        rows.append([(None, "")] + [(m, f"gold {m.mean():.3f}") for m in maps.values()] + [(None, "")])
+    image_grid(plt, ["LR"] + list(srs) + ["HR"], rows, os.path.join(out_dir, "samples.png"))
+    # RM maps on held-out FGR examples: image | label map | RM_1 … RM_N maps.
+    order = val["dmap_syn"].mean((1, 2, 3)).argsort(descending=True)
+    pick = order[torch.linspace(0, len(order) // 2, cfg.n_show).long()]  # clear cases, not only the easiest
+    # RM_0 has no map: the columns start at RM_1 (the coarsest map, upsampled) and end at RM_N (full size).
+    x, dev = val["syn"][pick], next(rms[0].parameters()).device
+    cols = [x, val["dmap_syn"][pick]] + [rm(x.to(dev))[1].cpu() for rm in rms[1:]]
+    rows = [[(c[i], "") for c in cols] for i in range(len(pick))]
+    titles = ["image", "label map"] + [f"RM_{k}" for k in range(1, len(rms))]
+    image_grid(plt, titles, rows, os.path.join(out_dir, "rm_maps.png"))
+    plt.close("all")
+
+
+def report_text(cfg, dev, t_all, t_train, found, k_se, table, rm_rows, pol_rows, runs, iqa_msg) -> str:
+    """report.md, from the same numbers as results.json: the verdicts first (each claim, its outcome, the
+    difference and its SE), then the rule that decided them, the arm table with a legend, the RM tables, the
+    figures and the runs (reused or trained, seconds, each RL run's first → last 10 %: evaluate.summary)."""
+    # One line per claim: the outcome is evaluate.outcome's, the numbers are the two arms' per-seed means.
+    lines = [
+        f"- **{c}: {o}** — difference {d:+.4g} ± {se:.2g} (SE over seeds)" for c, (o, d, se) in found.items()
+    ]
+    return f"""# FinPercep-RM in the toy world: the comparison of method.md §6
+
+Generated by `python evaluate.py` in {t_all / 60:.1f} min ({t_train / 60:.1f} min training) on {dev};
+{cfg.arm_steps} RL steps per arm, {cfg.n_seeds} training seeds per RL arm, algorithm {cfg.algo}.
+
+## Verdicts (generated from the numbers below by `evaluate.verdicts`)
+{chr(10).join(lines)}
+
+The rule, one for every claim: a difference between two arms counts when it exceeds {k_se} standard errors
+over training seeds (SE = sqrt(SE_a² + SE_b²); bicubic and SFT are single fixed policies with SE 0; one seed
+gives no SE, so "within noise"). "reproduced" = beyond noise in the claim's direction, "not reproduced" =
+beyond noise against it. Hacking: the global arm's RM_0 score exceeds the placebo's beyond noise while its
+gold is not better beyond noise.
+
+## The arms on held-out crops
+{cfg.eval_n} crops of {cfg.eval_crop}×{cfg.eval_crop} px from the held-out photos
+({", ".join(images.HELDOUT_PHOTOS)}), ×4; the first half from clean bicubic LR, the second from LR degraded
+at strength {cfg.eval_degrade}; each policy sampled with the K and eta it was trained with,
+{cfg.eval_seeds} sampling seed(s). Mean ± std over training seeds.
+
+{table}
+
+gold M̄ = mean label map vs HR (the gold judge, lower = better); oracle-normalised gain = (gold_SFT −
+gold_arm) / (gold_SFT − gold_oracle_map): 0 = SFT, 1 = the oracle; artifact area = share of pixels with label
+map > 0.1; judges the RMs never learned from: 1 − SSIM and the label function's pixel term alone (α = 1);
+RM_0, RM_N = the proxies' mean scores; hacking gap = Δproxy z − Δgold z against SFT (in stds of the SFT
+outputs; proxy = the stage the arm optimised last), shown minus the placebo's (what noise alone does);
+tail std = std of reward_final over the last 20 % of RL steps. {iqa_msg}
+
+## Reward-model stages (train_rm.validate on its held-out triplets)
+{rm_table(rm_rows)}
+
+## Reward models on what the policies paint (train_rm.policy_metrics)
+G = 4 samples of each of {cfg.eval_n // 2} held-out LR crops per policy (training seed 0): pol_auroc = the
+map's AUROC against the gold map (> 0.1), pol_rank = within-group rank correlation of the score with gold
+quality (what the RL advantage compares). The global arm's policy is the one that hacked RM_0.
+
+{rm_table(pol_rows)}
+
+## Figures
+![training curves](curves.png)
+
+![samples: LR, every arm, HR; below each SR its gold degradation map](samples.png)
+
+![RM maps on held-out examples](rm_maps.png)
+
+## Runs
+{md_table(["run", "", "seconds", "reward_final first → last 10 %", "gold first → last 10 %"], runs)}
+"""
