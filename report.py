@@ -30,6 +30,18 @@ def rl_rows(run_dir: str) -> list:
         return [r for r in map(json.loads, f) if r.get("phase") == "rl"]
 
 
+def summary(run_dir: str) -> tuple:
+    """("a → b" of reward_final, of gold): means over the first and the last 10 % of a run's RL rows — did RL
+    raise RM_N's score, and did the gold judge agree (hacking = proxy up, gold not)? ("", "") if not RL."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = rl_rows(run_dir) if os.path.isfile(path) else []
+    if not rows:
+        return "", ""
+    n = max(1, len(rows) // 10)
+    mean = lambda part, key: sum(r[key] for r in part) / len(part)  # noqa: E731
+    return tuple(f"{mean(rows[:n], k):.3f} → {mean(rows[-n:], k):.3f}" for k in ("reward_final", "gold"))
+
+
 def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
     """Mean of the last ≤ w values at every index (the training curves' smoothing), by cumulative sums."""
     c = torch.cat([v.new_zeros(1), v.cumsum(0)])
@@ -156,7 +168,7 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
 def report_text(cfg, dev, t_all, t_train, found, k_se, table, rm_rows, pol_rows, runs, iqa_msg) -> str:
     """report.md, from the same numbers as results.json: the verdicts first (each claim, its outcome, the
     difference and its SE), then the rule that decided them, the arm table with a legend, the RM tables, the
-    figures and the runs (reused or trained, seconds, each RL run's first → last 10 %: evaluate.summary)."""
+    figures and the runs (reused or trained, seconds, each RL run's first → last 10 %: summary)."""
     # One line per claim: the outcome is evaluate.outcome's, the numbers are the two arms' per-seed means.
     lines = [
         f"- **{c}: {o}** — difference {d:+.4g} ± {se:.2g} (SE over seeds)" for c, (o, d, se) in found.items()

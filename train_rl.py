@@ -98,9 +98,8 @@ class Config:
     # The anchor, swept on the oracle-map and placebo arms (README "The anchor"): at β = 0 the placebo's
     # random walk cost 0.024 of gold (spread 0.038); at 1 it stays at SFT's while the oracle gains 2.7 SE.
     beta_kl: float = 1.0  # KL to the SFT policy on step means (pg); 0 = no anchor
-    # The supervised loss as a regulariser, one knob for both algorithms; −1 = the algorithm's own weight:
-    # pg 0 (measured worse at every weight, README "The anchor"); refl 1 (ImageReward: images degrade without)
-    lam_sft: float = -1.0
+    # λ_sft, the supervised loss as a regulariser; −1 = the algorithm's own: pg 0 (worse at every weight,
+    lam_sft: float = -1.0  # README "The anchor"), refl 1 (ImageReward's: without it images degrade)
     lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
     refl_last: int = 3  # refl: stop at one of the last refl_last steps (ImageReward: steps 30–39 of 40)
     refl_c: float = 1.0  # refl: relu(c − reward); scores live in [0, 1], so c = 1 is "always push up"
@@ -307,11 +306,8 @@ def main(cfg: Config) -> str:
                     loss = loss + cfg.lam_lr * lr_consistency(sr, lr).mean()
                 loss.backward()
                 sr, r = sr.detach(), r.detach()
-                stats = {
-                    "reward": r.mean(),
-                    "reward_std": r.std(unbiased=False),
-                    "reward_var": r.var(unbiased=False),
-                }
+                stats = {"reward": r.mean(), "reward_std": r.std(unbiased=False),
+                         "reward_var": r.var(unbiased=False)}  # fmt: skip
             #### STEP: clip the gradient, judge the samples, and — if everything is finite — step
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
             stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **judges(rms[-1], sr, hr_g)}
@@ -352,7 +348,7 @@ def main(cfg: Config) -> str:
         for k, r in enumerate(coevo.rms if coevo else []):  # the co-evolved stages, beside the policy
             save_rm(r, os.path.join(cfg.out_dir, "rm_coevolved", f"rm_stage{k}"))
         save_state(cfg, cfg.steps, policy, opt, sched, coevo)
-        if row is not None:  # evaluate.summary gives the first → last 10 % of any run's log
+        if row is not None:  # the last row; report.summary gives any run's first → last 10 %
             print(f"RL done: {cfg.out_dir}/policy_final; last step: reward_final {row['reward_final']:.3f},"
                   f" gold {row['gold']:.3f}, psnr {row['psnr']:.2f} (gold: lower is better)")  # fmt: skip
     config.barrier()  # nobody leaves before rank 0 has written the final checkpoints

@@ -156,10 +156,18 @@ def eval_dir(tmp_path_factory):
     return out
 
 
+def test_controls_all_adds_the_global_ceiling_and_coevolution():
+    default = [name for name, _, _ in evaluate.arm_list(evaluate.Config())]
+    every = {name: kw for name, _, kw in evaluate.arm_list(evaluate.Config(controls="all"))}
+    assert set(every) - set(default) == {"oracle_score", "ccl_coevolve"}
+    assert every["ccl_coevolve"] == {"reward": "rm", "curriculum": "ccl", "coevolve": True}
+    assert every["oracle_score"] == {"reward": "gold", "curriculum": "global"}
+
+
 def test_main_writes_report_results_and_figures(eval_dir):
     for f in ("report.md", "results.json", "curves.png", "samples.png", "rm_maps.png", "config.json"):
         assert os.path.isfile(os.path.join(eval_dir, f)), f
-    arms = ("placebo", "global", "none", "ccl", "oracle_map", "ccl_coevolve")
+    arms = ("placebo", "global", "none", "ccl", "oracle_map")  # the default arms (--controls=default)
     for run in (
         "sft/policy_sft",
         "rm/rm_stage3",
