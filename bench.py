@@ -292,11 +292,8 @@ def main(cfg: Config) -> str:
     # bench.json is rewritten after each, so a run cut off by a time limit keeps what it measured.
     results = {}
     for name in names:
-        dev = (
-            torch.device("cuda" if name.startswith("gpu") else "cpu")
-            if cfg.device == "auto"
-            else config.pick_device(cfg.device)
-        )
+        auto = "cuda" if name.startswith("gpu") and torch.cuda.is_available() else "cpu"
+        dev = torch.device(auto) if cfg.device == "auto" else config.pick_device(cfg.device)
         if name.startswith("gpu") and dev.type != "cuda":
             results[name] = {"skipped": f"{name} preset skipped: needs CUDA (here: {dev})"}
             print(results[name]["skipped"])

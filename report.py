@@ -124,20 +124,29 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
     import matplotlib.pyplot as plt
 
     # Fig. 1b: reward_final (RM_N's score, comparable across arms and reward sources) and gold per RL step:
-    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for i, (name, runs) in enumerate((n, r) for n, r in arms.items() if r[0][0]):  # RL arms only
-        curves = [rl_rows(run_dir) for run_dir, _, _ in runs]  # one curve per training seed
+    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed. Every arm
+    # of a seed sees the same batches (seeded by seed and step), so the raw curves move together with the
+    # batch; the third panel takes that out: gold minus the placebo's, same seed, same step.
+    rl_arms = {n: [rl_rows(d) for d, _, _ in r] for n, r in arms.items() if r[0][0]}  # one curve per seed
+    gold = {
+        n: torch.tensor([[x["gold"] for x in c] for c in cs], dtype=torch.float64)
+        for n, cs in rl_arms.items()
+    }
+    panels = [("reward_final", "reward_final (RM_N score) ↑"), ("gold", "gold (mean label map vs HR) ↓")]
+    panels += [("delta", "gold − placebo's, same batches ↓")] if "placebo" in gold else []
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6))
+    for i, (name, curves) in enumerate(rl_arms.items()):
         steps = [x["step"] for x in curves[0]]
         ls = "--" if name in ("placebo", "oracle_map", "oracle_score") else "-"
-        for ax, key in zip(axes, ("reward_final", "gold")):
-            v = torch.tensor(
-                [[x[key] for x in rows] for rows in curves], dtype=torch.float64
-            )  # (seeds, steps)
+        for ax, (key, _) in zip(axes, panels):
+            if key == "delta":
+                v = gold[name] - gold["placebo"]  # (seeds, steps): a paired difference per seed and step
+            else:
+                v = torch.tensor([[x[key] for x in rows] for rows in curves], dtype=torch.float64)
             for seed_curve in v:
                 ax.plot(steps, seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
             ax.plot(steps, trailing_mean(v.mean(0), 5), color=f"C{i}", lw=1.6, ls=ls, label=name)
-    for ax, t in zip(axes, ("reward_final (RM_N score) ↑", "gold (mean label map vs HR) ↓")):
+    for ax, (_, t) in zip(axes, panels):
         ax.set(xlabel="RL step", title=t)
     axes[0].legend(fontsize=7)
     fig.tight_layout()

@@ -7,6 +7,7 @@ import os
 import re
 
 import pytest
+import torch
 
 import bench
 
@@ -52,6 +53,13 @@ def test_main_prints_rows_and_writes_json(tmp_path, capsys):
     work = dict(cpu["refl"]["work"])
     assert work.pop("unet fwd@1×32²", 0) in (0, 1)
     assert work == {"rm0 fwd+bwd@1×32²": 1, "rm3 fwd@1×32²": 1, "unet fwd+bwd@1×32²": 2}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, --device=auto runs the gpu preset there")
+def test_auto_device_without_cuda_skips_the_gpu_preset(tmp_path, capsys):
+    bench.main(bench.Config(out_dir=str(tmp_path), presets="gpu"))  # --device=auto, the default
+    assert "gpu preset skipped: needs CUDA" in capsys.readouterr().out
+    assert "skipped" in json.load(open(os.path.join(tmp_path, "bench.json")))["gpu"]
 
 
 def test_unknown_preset_is_a_one_line_error(tmp_path):
