@@ -78,7 +78,8 @@ def field_comments(cls) -> dict:
 def help_text(cls, presets: dict | None = None) -> str:
     """--help: every knob with its default and its comment, then the presets."""
     notes = field_comments(cls)
-    lines = [f"{cls.__module__}.py flags (--key=value; a bool also as --key):"]
+    script = os.path.basename(sys.argv[0]) if cls.__module__ == "__main__" else f"{cls.__module__}.py"
+    lines = [f"{script} flags (--key=value; a bool also as --key):"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         value = ",".join(map(str, default)) if isinstance(default, tuple) else default
