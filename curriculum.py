@@ -175,19 +175,17 @@ class CoEvolution:
         """Is RL step `step` followed by a refresh? (every coevolve_every steps; ≤ 0 = never)"""
         return self.cfg.coevolve_every > 0 and (step + 1) % self.cfg.coevolve_every == 0
 
-    def refresh(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> bool:
+    def refresh(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
         """After RL step `step`: when due, rank 0 refreshes RM_stage on this rollout (no collectives inside)
-        and every rank then gets its weights. Returns True when the stage changed (rebuild the reward)."""
-        if not self.due(step):
-            return False
-        if config.is_main():
-            self.step(step, stage, sr, hr, G)
-        self.rms[stage] = config.broadcast_module(self.rms[stage])
-        return True
+        and every rank then gets its weights. In place: whoever holds self.rms[stage] sees the new weights."""
+        if self.due(step):
+            if config.is_main():
+                self.step(step, stage, sr, hr, G)
+            config.broadcast_module(self.rms[stage])
 
     def step(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
         """Refresh RM_stage on the rollout of RL step `step`: sr (B·G, 3, H, W), each LR's G samples
-        adjacent, and hr matching (the caller rebuilds its reward from self.rms)."""
+        adjacent, and hr matching."""
         cfg = self.cfg
         model = self.rms[stage].train().requires_grad_(True)
         opt = self._opt(stage)

@@ -236,9 +236,7 @@ def main(cfg: Config) -> str:
     torch.manual_seed(config.seed("rl/global", cfg.seed, rank))
     sched = Schedule(cfg.curriculum, source.n_stages, cfg.steps, blend=cfg.blend, switch=cfg.switch)
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
-    start = resume(st, policy, opt, sched, coevo, main_rank)
-    if coevo is not None:
-        source = make_source(cfg.reward, coevo.rms, cfg)  # as the co-evolved RMs were at `start`
+    start = resume(st, policy, opt, sched, coevo, main_rank)  # the co-evolved RMs load in place
     nan, G = config.NanGuard("RL"), cfg.group
     # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA.
     draw = lambda s: data.training_pairs(pool, cfg.batch, cfg.crop, cfg.degrade_max,  # noqa: E731
@@ -321,11 +319,10 @@ def main(cfg: Config) -> str:
             if not nan.ok(finite, step, cause):
                 continue
             opt.step()
-            # The RM stage in use (the one the curriculum is at or blending into) learns from this rollout.
-            if coevo is not None and coevo.refresh(
-                step, weights[-1][0], sr, hr_g, G if cfg.algo == "pg" else 1
-            ):
-                source = make_source(cfg.reward, coevo.rms, cfg)
+            # The RM stage in use (the one the curriculum is at or blending into) learns from this rollout;
+            # the reward's stages hold these very modules, so the next step is rewarded by the new weights.
+            if coevo is not None:
+                coevo.refresh(step, weights[-1][0], sr, hr_g, G if cfg.algo == "pg" else 1)
             if cfg.switch == "plateau":
                 sched.update(step, float(stats["reward"]))
             #### LOG: what was optimised, RM_N's view, the gold judge — hacking shows as reward up, gold not
