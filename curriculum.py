@@ -16,7 +16,6 @@ import torch
 import config
 import data
 from data import Difficulty
-from metrics import label_map
 from rm import freeze, rm_losses
 
 # [ours] The paper gives no numbers. The endpoints: RM_0 learns a global score, so its regions cover a third
@@ -190,8 +189,7 @@ class CoEvolution:
         model = self.rms[stage].train().requires_grad_(True)
         opt = self._opt(stage)
         g = config.generator("rl/coevolve", cfg.seed, step)
-        dmap = label_map(sr, hr)
-        groups = {"sr": sr, "hr": hr, "dmap": dmap, "gold": 1 - dmap.mean((1, 2, 3)), "G": G}
+        groups = data.labelled_groups(sr, hr, G)  # the rollout, labelled against HR
         diff = rm_difficulty(stage, len(self.rms) - 1)
         for _ in range(cfg.coevolve_steps):
             zoo = data.fgr_batch(self.pool, cfg.coevolve_zoo, hr.shape[-1], diff, g, device=self.dev)

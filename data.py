@@ -370,9 +370,16 @@ def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu", 
     }
 
 
+def labelled_groups(sr: torch.Tensor, hr: torch.Tensor, G: int) -> dict:
+    """Policy samples in groups of G of one LR (sr (n·G, 3, S, S), each LR's samples adjacent, hr matching),
+    labelled by the label function: the dict group_triplets and rm.group_loss read (gold = 1 − mean map)."""
+    dmap = label_map(sr, hr)
+    return {"sr": sr, "hr": hr, "dmap": dmap, "gold": 1 - dmap.mean((1, 2, 3)), "G": G}
+
+
 def group_triplets(groups: dict, n_groups: int, area: float, g: torch.Generator) -> dict:
     """FGR triplets (fgr_batch's keys) whose I_SR are policy samples: n_groups random groups of `groups`
-    (train_rm.policy_groups: G samples of one LR each, with their HR, label maps and gold), pasted into HR
+    (labelled_groups: G samples of one LR each, with their HR, label maps and gold), pasted into HR
     with random masks of mean `area`; "group" = G and "n_group" = n_groups · G tell rm.rm_losses where
     L_group's groups are (the end of "sr")."""
     G = groups["G"]

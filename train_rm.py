@@ -130,18 +130,10 @@ def main(cfg: Config) -> str:
     pool = images.load_pool(cfg.data, "train", cfg.crop)
     v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
     bank, hooks = None, None
-    if (
-        cfg.policy
-    ):  # policy samples: a zoo member, a bank of groups for L_group, a held-out bank for the table
-        pols = policies(
-            cfg.policy,
-            cfg.drifts,
-            cfg.drift_lr,
-            pool,
-            cfg.crop,
-            config.generator("rm/policies", cfg.seed),
-            dev,
-        )
+    # With --policy: its samples as a zoo member, groups for L_group, and a held-out bank for the table.
+    if cfg.policy:
+        g = config.generator("rm/policies", cfg.seed)
+        pols = policies(cfg.policy, cfg.drifts, cfg.drift_lr, pool, cfg.crop, g, dev)
         hooks = [policy_member(pols)]
         bank = policy_bank(
             pols, pool, cfg.bank, cfg.bank_group, cfg.crop, config.generator("rm/bank", cfg.seed)
@@ -154,11 +146,14 @@ def main(cfg: Config) -> str:
     st = rundir.resume_state(cfg)
     start_stage, start_step = (int(st["stage"]), int(st["step"])) if st else (0, 0)
     rows = json.loads(st["rows"]) if st else []  # the validation rows of the stages already done
+
     # On --resume the rows logged past the resumed step (before a kill) are dropped: each step appears once;
     # a finished stage keeps all its rows, its validation row too.
-    keep = lambda r: (
-        r["stage"] < start_stage or (r["stage"] == start_stage and r["step"] < start_step and "val" not in r)
-    )  # noqa: E731, E501
+    def keep(r):
+        return r["stage"] < start_stage or (
+            r["stage"] == start_stage and r["step"] < start_step and "val" not in r
+        )
+
     log = rundir.open_log(cfg, "train_rm", keep if st else None)
     print(f"resuming at stage {start_stage}, step {start_step}") if st and main_rank else None
 
@@ -252,9 +247,8 @@ def main(cfg: Config) -> str:
             rows.append(r)
             log.write(json.dumps({"step": n_steps, "phase": "rm", "stage": stage, "val": r}) + "\n")
             log.flush()
-            save_state(
-                stage + 1, 0
-            )  # a stage boundary: the weights are in rm_stage{k}/, the state says where next
+            # A stage boundary: the weights are in rm_stage{k}/, the state says where to go on.
+            save_state(stage + 1, 0)
             print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
             config.barrier()
     except KeyboardInterrupt:
@@ -320,9 +314,7 @@ def policy_groups(policy, hr: torch.Tensor, lr: torch.Tensor, G: int, g: torch.G
     # G copies of each LR, adjacent (the layout of an RL group), one seeded generator for all their noise.
     lr_g, hr_g = lr.repeat_interleave(G, 0).to(dev), hr.repeat_interleave(G, 0).to(dev)
     gen = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (), generator=g)))
-    sr = policy.upscale(lr_g, generator=gen)
-    dmap = label_map(sr, hr_g)
-    return {"sr": sr, "hr": hr_g, "dmap": dmap, "gold": 1 - dmap.mean((1, 2, 3)), "G": G}
+    return data.labelled_groups(policy.upscale(lr_g, generator=gen), hr_g, G)
 
 
 def policies(policy_dirs: str, drifts: tuple, drift_lr: float, pool, crop: int, g, dev) -> list:
