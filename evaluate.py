@@ -384,13 +384,7 @@ def main(cfg: Config) -> str:
     if images.parse_source(cfg.data)[0] == "lr":  # no HR: nothing to train on or judge against
         raise config.ConfigError(f"--data={cfg.data} is for `evaluate.py score` / `upscale`: it has no HR")
     dev = config.pick_device(cfg.device)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    other = rundir.run_script(cfg.out_dir)
-    if other and other != "evaluate":
-        raise config.ConfigError(
-            f"--out_dir={cfg.out_dir} holds a {other}.py run; give evaluate another --out_dir"
-        )
-    rundir.save_config(cfg, cfg.out_dir, "evaluate")
+    rundir.claim(cfg, "evaluate")  # refuses a dir of another script's run
     log = []
     rcfg, arms = train_all(cfg, log)
     t_train = time.time() - t0

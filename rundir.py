@@ -65,6 +65,17 @@ def resume_state(cfg) -> dict | None:
         raise ConfigError(f"{path} is unreadable ({type(e).__name__}); delete it to start fresh") from None
 
 
+def claim(cfg, script: str) -> None:
+    """Make cfg.out_dir this script's run: refuse a dir that holds another script's run (one line), then
+    write config.json. Called once the run's inputs validated (open_log; evaluate, which keeps no log)."""
+    other = run_script(cfg.out_dir)
+    if other and other != script:
+        raise ConfigError(
+            f"--out_dir={cfg.out_dir} holds a {other}.py run; give {script}.py another --out_dir"
+        )
+    save_config(cfg, cfg.out_dir, script)
+
+
 def open_log(cfg, script: str, keep=None):
     """The run's metrics.jsonl, to be opened only once the run's inputs validated: a run that fails on its
     inputs leaves a previous run in the same out_dir untouched. A dir holding another script's run is refused.
@@ -73,12 +84,7 @@ def open_log(cfg, script: str, keep=None):
     once. Ranks other than 0 log to os.devnull."""
     if not is_main():
         return open(os.devnull, "w")
-    other = run_script(cfg.out_dir)
-    if other and other != script:
-        raise ConfigError(
-            f"--out_dir={cfg.out_dir} holds a {other}.py run; give {script}.py another --out_dir"
-        )
-    save_config(cfg, cfg.out_dir, script)
+    claim(cfg, script)
     path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if keep is None:
         return open(path, "w")
