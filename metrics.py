@@ -249,7 +249,7 @@ def lr_consistency(sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# How well a reward model agrees with the gold judge (train_rm.validate, evaluate's RM tables)
+# How well a reward model agrees with the gold judge (validate: train_rm's and evaluate's RM tables)
 
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:

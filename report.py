@@ -127,25 +127,27 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
     # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed. Every arm
     # of a seed sees the same batches (seeded by seed and step), so the raw curves move together with the
     # batch; the third panel takes that out: gold minus the placebo's, same seed, same step.
-    rl_arms = {n: [rl_rows(d) for d, _, _ in r] for n, r in arms.items() if r[0][0]}  # one curve per seed
-    gold = {
-        n: torch.tensor([[x["gold"] for x in c] for c in cs], dtype=torch.float64)
-        for n, cs in rl_arms.items()
-    }
+    # series[arm][key]: (seeds, steps) of the RL arms' logged curves; "delta" = gold − the placebo's gold,
+    # a paired difference per seed and step.
+    series, steps = {}, {}
+    for name, runs in ((n, r) for n, r in arms.items() if r[0][0]):  # RL arms only
+        curves = [rl_rows(run_dir) for run_dir, _, _ in runs]  # one curve per training seed
+        steps[name] = [x["step"] for x in curves[0]]
+        series[name] = {k: torch.tensor([[x[k] for x in c] for c in curves], dtype=torch.float64)
+                        for k in ("reward_final", "gold")}  # fmt: skip
+    for v in series.values():
+        if "placebo" in series:
+            v["delta"] = v["gold"] - series["placebo"]["gold"]
     panels = [("reward_final", "reward_final (RM_N score) ↑"), ("gold", "gold (mean label map vs HR) ↓")]
-    panels += [("delta", "gold − placebo's, same batches ↓")] if "placebo" in gold else []
+    panels += [("delta", "gold − placebo's, same batches ↓")] if "placebo" in series else []
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6))
-    for i, (name, curves) in enumerate(rl_arms.items()):
-        steps = [x["step"] for x in curves[0]]
+    for i, (name, v_of) in enumerate(series.items()):
         ls = "--" if name in ("placebo", "oracle_map", "oracle_score") else "-"
         for ax, (key, _) in zip(axes, panels):
-            if key == "delta":
-                v = gold[name] - gold["placebo"]  # (seeds, steps): a paired difference per seed and step
-            else:
-                v = torch.tensor([[x[key] for x in rows] for rows in curves], dtype=torch.float64)
-            for seed_curve in v:
-                ax.plot(steps, seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
-            ax.plot(steps, trailing_mean(v.mean(0), 5), color=f"C{i}", lw=1.6, ls=ls, label=name)
+            for seed_curve in v_of[key]:
+                ax.plot(steps[name], seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
+            mean = trailing_mean(v_of[key].mean(0), 5)
+            ax.plot(steps[name], mean, color=f"C{i}", lw=1.6, ls=ls, label=name)
     for ax, (_, t) in zip(axes, panels):
         ax.set(xlabel="RL step", title=t)
     axes[0].legend(fontsize=7)
@@ -211,10 +213,10 @@ RM_0, RM_N = the proxies' mean scores; hacking gap = Δproxy z − Δgold z agai
 outputs; proxy = the stage the arm optimised last), shown minus the placebo's (what noise alone does);
 tail std = std of reward_final over the last 20 % of RL steps. {iqa_msg}
 
-## Reward-model stages (train_rm.validate on its held-out triplets)
+## Reward-model stages (metrics.validate on train_rm's held-out triplets)
 {rm_table(rm_rows)}
 
-## Reward models on what the policies paint (train_rm.policy_metrics)
+## Reward models on what the policies paint (metrics.policy_metrics)
 G = 4 samples of each of {cfg.eval_n // 2} held-out LR crops per policy (training seed 0): pol_auroc = the
 map's AUROC against the gold map (> 0.1), pol_rank = within-group rank correlation of the score with gold
 quality (what the RL advantage compares). The global arm's policy is the one that hacked RM_0.
