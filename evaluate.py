@@ -351,11 +351,10 @@ POLICY_TABLE = ("sft", "placebo", "global", "ccl", "ccl_coevolve")  # whose samp
 
 
 @torch.no_grad()
-def rm_on_policies(cfg, arms, rms, dev) -> list:
+def rm_on_policies(cfg, arms, rms, hr, lr, dev) -> list:
     """Does the RM see what RL paints? For each policy of POLICY_TABLE (training seed 0) G = 4 samples of
-    every other held-out crop, and every RM stage's map AUROC against the gold map and within-group rank
-    correlation with gold (policy_metrics; the global arm's policy is the hacked one)."""
-    hr, lr = eval_set(cfg)
+    every other held-out crop (hr, lr: eval_set's), and every RM stage's map AUROC against the gold map and
+    within-group rank correlation with gold (policy_metrics; the global arm's policy is the hacked one)."""
     rows, g = [], config.generator("eval/policy_groups", cfg.seed)
     for name in (n for n in POLICY_TABLE if n in arms):
         groups = train_rm.policy_groups(load_policy(arms[name][0][1], dev), hr[::2], lr[::2], 4, g)
@@ -395,7 +394,7 @@ def main(cfg: Config) -> str:
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
     val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
     rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]
-    pol_rows = rm_on_policies(cfg, arms, rms, dev)
+    pol_rows = rm_on_policies(cfg, arms, rms, *shown[:2], dev)  # on eval_set's crops (shown: hr, lr, …)
     report.figures(cfg, arms, rms, shown, val, cfg.out_dir)
     t_all = time.time() - t0
     table = report.arm_table(results, list(iqa or {}))
