@@ -156,11 +156,39 @@ def _segments(img: torch.Tensor, px: int = 160) -> torch.Tensor:
     return F.interpolate(lab, size=img.shape[-2:], mode="nearest")[0, 0].long()
 
 
+def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A (3, c, c) image (antialiased bicubic) or (c, c) label map (nearest) resized to size; c = size: x."""
+    if x.shape[-1] == size:
+        return x
+    if x.dim() == 2:  # superpixel labels: nearest, so labels stay labels
+        return F.interpolate(x[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+    y = F.interpolate(x[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return y[0].clamp(0, 1)
+
+
+def _flip_and_permute(hr: torch.Tensor, seg: torch.Tensor, g: torch.Generator):
+    """The crop augmentation of a small training set (ImagePool.augment), batched: each crop gets one of the
+    8 flips/rotations of the square and a random order of its colour channels. A transformed photo is still
+    a clean photo, and the zoo's artifacts and their label maps are made afterwards, from the transformed
+    crop, so every label stays exact. The permutation turns 10 photos' few palettes into six times as
+    many; the flips give edges and textures every orientation. `seg` (n, S, S) moves with the pixels."""
+    n = hr.shape[0]
+    flip_y, flip_x, swap = (torch.rand(3, n, generator=g) < 0.5).unbind(0)
+    perm = torch.rand(n, 3, generator=g).argsort(1)  # a random channel order per crop
+    hr = torch.gather(hr, 1, perm.view(n, 3, 1, 1).expand_as(hr))
+    both = torch.cat([hr, seg[:, None].to(hr)], 1)  # one tensor, so image and labels move together
+    both = torch.where(flip_y.view(n, 1, 1, 1), both.flip(-2), both)
+    both = torch.where(flip_x.view(n, 1, 1, 1), both.flip(-1), both)
+    both = torch.where(swap.view(n, 1, 1, 1), both.transpose(-1, -2), both)
+    return both[:, :3].contiguous(), both[:, 3].round().long().contiguous()
+
+
 class ImagePool:
     """A set of HR images (with their superpixels) to draw random crops from, plus procedural images."""
 
     def __init__(self, images: list, crop: int, procedural: float = 0.0, name: str = "", segments=None):
-        # Images are kept whole and cropped at random: never resized, so a 2K photo keeps its real pixels.
+        # Images are kept whole and cropped at random (resized only by `augment`, below): a 2K photo keeps
+        # its real pixels.
         self.keep = [i for i, im in enumerate(images) if min(im.shape[-2:]) >= crop]  # PairedPool reads it
         if not self.keep:
             sizes = ", ".join(f"{im.shape[-1]}x{im.shape[-2]}" for im in images[:5])
@@ -172,18 +200,25 @@ class ImagePool:
         # Superpixels (the masks' SAM stand-in) once per image, here at load time, not per drawn crop.
         segs = [segments[i] for i in self.keep] if segments is not None else [None] * len(self.keep)
         self.segments = [s if s is not None else _segments(im) for s, im in zip(segs, self.images)]
+        # Off by default (SFT, RL and every held-out set see the photos as they are); train_rm turns it on.
+        self.augment = 0.0  # max zoom-out of a crop (0 = no augmentation); see crops()
 
     def crops(self, n: int, size: int, g: torch.Generator, with_segments: bool = False):
         """n random (3, size, size) crops; a `procedural` share of them are synthetic images instead."""
         k = torch.randint(len(self.images), (n,), generator=g).tolist()
+        # With augment = a: each crop covers a region zoom × size wide, zoom ~ U[1, 1 + a], shrunk to size.
+        zoom = 1 + self.augment * torch.rand(n, generator=g) if self.augment > 0 else torch.ones(n)
         out, segs = [], []
-        for i in k:  # slicing views: cheap, and the images have different sizes so cannot be stacked
+        for i, z in zip(k, zoom.tolist()):  # slicing views: cheap; the images differ in size, so no stacking
             im = self.images[i]
-            y = int(torch.randint(im.shape[-2] - size + 1, (1,), generator=g))
-            x = int(torch.randint(im.shape[-1] - size + 1, (1,), generator=g))
-            out.append(im[:, y : y + size, x : x + size])
-            segs.append(self.segments[i][y : y + size, x : x + size])
+            c = min(int(size * z), *im.shape[-2:])  # the region's side, at most the image
+            y = int(torch.randint(im.shape[-2] - c + 1, (1,), generator=g))
+            x = int(torch.randint(im.shape[-1] - c + 1, (1,), generator=g))
+            out.append(_shrink(im[:, y : y + c, x : x + c], size))
+            segs.append(_shrink(self.segments[i][y : y + c, x : x + c], size))
         hr, seg = torch.stack(out), torch.stack(segs)
+        if self.augment > 0:
+            hr, seg = _flip_and_permute(hr, seg, g)
         if self.procedural > 0:  # the built-in training split: sharp synthetic edges and periodic texture
             use = torch.rand(n, generator=g) < self.procedural
             if use.any():

@@ -64,6 +64,10 @@ class Config:
     # Steps per stage RM_0 … RM_N. RM_0 (global ranking) anchors every later stage; the last stage gets the
     # most, since its full-resolution map is what RL reads and the middle stages only pass on a coarser map.
     stage_steps: tuple = (120, 60, 60, 150)  # AdamW steps of RM_0 … RM_N
+    # Crop augmentation of the RM's training photos (images.ImagePool.augment): each crop is zoomed out by up
+    # to 1 + augment, flipped/rotated and its colour channels permuted. 0 = the photos as they are. Off by
+    # default: measured within seed noise (README, "The reward model's levers, measured").
+    augment: float = 0.0
     p_classical: float = 0.5  # share of classical upsamples (bicubic …) among I_SR: "blur is a defect"
     lr: float = 2e-3  # AdamW; small conv nets on tiny images tolerate a large rate
     weight_decay: float = 1e-4  # AdamW's; mild
@@ -98,7 +102,8 @@ class Config:
             n_stages=c.at_least(1), crop=c.multiple_of(stride), batch=c.at_least(1), lr=c.POSITIVE,
             stage_steps=((lambda v: len(v) == n and min(v) >= 0), f"give {n} step counts ≥ 0 (RM_0 … RM_N)"),
             widths=((lambda v: len(v) == n and min(v) >= 1), f"give {n} widths ≥ 1 (stem + one per stage)"),
-            p_classical=c.UNIT, val_n=c.at_least(1), log_every=c.at_least(1), ckpt_every=c.at_least(1),
+            augment=c.at_least(0), p_classical=c.UNIT, val_n=c.at_least(1), log_every=c.at_least(1),
+            ckpt_every=c.at_least(1),
             bank=c.at_least(1), bank_group=c.at_least(2), bank_groups=c.at_least(0), drift_lr=c.POSITIVE,
             amp=c.one_of("fp32", "bf16"),
         )  # fmt: skip
@@ -128,6 +133,7 @@ def main(cfg: Config) -> str:
     #### INPUTS first — data, held-out set, policy samples, resume state — so a run that fails on them leaves
     #### whatever is in out_dir untouched; only then the log (rundir.open_log).
     pool = images.load_pool(cfg.data, "train", cfg.crop)
+    pool.augment = cfg.augment  # the RM's crops only: SFT and RL draw theirs from pools of their own
     v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
     bank, hooks = None, None
     # With --policy: its samples as a zoo member, groups for L_group, and a held-out bank for the table.

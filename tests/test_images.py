@@ -149,3 +149,34 @@ def test_hr_folder_large_images_are_cropped_never_resized(tmp_path):
     assert pool.segments[0].shape == (96, 128)
     hr, lr = pool.pairs(2, 32, torch.Generator().manual_seed(0), 0.0)
     assert hr.shape == (2, 3, 32, 32) and lr.shape == (2, 3, 8, 8)
+
+
+def test_augmentation_is_a_flip_rotation_and_channel_order_of_each_crop():
+    # Each output crop must be one of the 8 symmetries of the square applied to its input, with its channels
+    # in some order, and its superpixel labels moved by the very same symmetry (an index map shows which).
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(32, 3, 8, 8, generator=g)
+    seg = torch.arange(64).view(1, 8, 8).repeat(32, 1, 1)
+    out, seg_out = images._flip_and_permute(hr, seg, g)
+    symmetries = [lambda x, k=k, t=t: (x.transpose(-1, -2) if t else x).rot90(k, (-2, -1))
+                  for k in range(4) for t in (0, 1)]  # fmt: skip
+    used = set()
+    for i in range(32):
+        j = next(j for j, f in enumerate(symmetries) if torch.equal(f(seg[i]), seg_out[i]))
+        used.add(j)
+        moved = symmetries[j](hr[i])
+        perm = [next(c for c in range(3) if torch.equal(moved[c], out[i, o])) for o in range(3)]
+        assert sorted(perm) == [0, 1, 2]  # a permutation, not a copy of one channel
+    assert len(used) >= 4  # not one fixed transform
+
+
+def test_augment_zooms_out_within_the_image_and_is_off_by_default():
+    img = images.procedural_images(1, 96, torch.Generator().manual_seed(1))[0]
+    pool = images.ImagePool([img], 32)
+    assert pool.augment == 0.0  # SFT, RL and held-out sets never see augmented crops
+    ref = pool.crops(4, 32, torch.Generator().manual_seed(2))
+    assert any(torch.equal(ref[0], img[:, y : y + 32, x : x + 32]) for y in range(65) for x in range(65))
+    pool.augment = 2.0  # regions up to 96 px, shrunk to 32
+    hr, seg = pool.crops(8, 32, torch.Generator().manual_seed(2), with_segments=True)
+    assert hr.shape == (8, 3, 32, 32) and seg.shape == (8, 32, 32) and 0 <= hr.min() and hr.max() <= 1
+    assert not torch.equal(hr[:4], ref)
