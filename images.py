@@ -157,7 +157,8 @@ def _segments(img: torch.Tensor, px: int = 160) -> torch.Tensor:
 
 
 def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
-    """A (3, c, c) image (antialiased bicubic) or (c, c) label map (nearest) resized to size; c = size: x."""
+    """A (3, c, c) image (antialiased bicubic) or a (c, c) label map (nearest) resized to (size, size); x
+    itself when c is already size (every crop when augment is off: no resampling, not even a copy)."""
     if x.shape[-1] == size:
         return x
     if x.dim() == 2:  # superpixel labels: nearest, so labels stay labels

@@ -1,7 +1,7 @@
 """FinPercep-RM: a fine-grained perceptual reward model for image super-resolution (method.md §1, §3, §5).
 
-    from rm import RMConfig, make_rm, grow, rm_losses, reward, save_rm, load_rm
-    rm = FinPercepRM(RMConfig(stage=0))             # RM_0: a plain global IQA, no decoder
+    from rm import RMConfig, FinPercepRM, grow, rm_losses, reward, save_rm, load_rm
+    rm = FinPercepRM(RMConfig(stage=0))         # RM_0: a plain global IQA, no decoder
     rm = grow(rm)                               # RM_1: + the coarsest decoder level and a map
     score, dmap = rm(images)                    # images (B, 3, H, W) in [0, 1]
 
