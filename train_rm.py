@@ -76,8 +76,8 @@ class Config:
     lam_align: float = 1.0  # λ_align: S_GT pinned to frozen RM_0 so the score scale is shared by all stages
     lam_gold: float = 1.0  # λ_gold [ours]: regression to the gold quality; RM_0's only source of scale
     # λ_group [ours]: rank G samples of one LR by gold (rm.group_loss); needs --policy. 0.3, not 1: at 1 the
-    # policy samples crowded out the zoo (held-out S(HR) > S(bicubic) 0.40 vs 0.68 at 0.3, triplet order
-    # 0.50 vs 0.61, 2 seeds), and 0.3 kept the map's AUROC on a hacked policy's samples (0.81; 0.67 at 0).
+    # policy samples crowded out the zoo (held-out S(HR) > S(bicubic) 0.37 vs 0.74 at 0.3, triplet order
+    # 0.51 vs 0.62, 3 seeds), and 0.3 kept the map's AUROC on a hacked policy's samples (0.79; 0.67 at 0).
     lam_group: float = 0.3
     # --- the policy bank (with --policy): samples of the policy RL starts from and of drifted copies of it
     bank: int = 64  # LR crops in the bank; × bank_group samples each (made once, ~20 s on 2 CPU cores)
