@@ -260,10 +260,23 @@ ZOO = {
 }
 
 
-def sr_zoo(hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3, p_hooks=None) -> torch.Tensor:
+# Which member made each I_SR (fgr_batch's "member"): index i < len(MEMBERS) is MEMBERS[i], the ZOO in its
+# order (sr_zoo's makers list the same way); i >= len(MEMBERS) is hook i - len(MEMBERS) (e.g. a policy).
+MEMBERS = tuple(ZOO)
+
+
+def member_name(i: int) -> str:
+    return MEMBERS[i] if i < len(MEMBERS) else f"hook{i - len(MEMBERS)}"
+
+
+def sr_zoo(
+    hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3, p_hooks=None, with_member=False
+):
     """I_SR for a batch: each sample gets one zoo member (classical with p_classical, else procedural or a
     hook). `sr_models` is the hook: extra makers f(hr, lr, strength, g) -> sr, e.g. a trained policy's
     sampler (wired up in train_rm.py --policy), mixed in as equal members of the procedural group.
+    with_member: return (sr, member) instead, member (B,) the index of each sample's maker (MEMBERS above),
+    so a validation can say which members the RM is blind to (metrics.by_member).
 
     The LR image (HR degraded with `lr_strength`) is made only for the samples whose maker reads it (the
     classical upsamplers and hooks): degradation runs in Pillow and is the costliest part of the data.
@@ -291,7 +304,7 @@ def sr_zoo(hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3, p_
         lr = degrade(hr[idx], lr_strength, g) if reads_lr[m] else None
         sm = s[idx].view(-1, 1, 1, 1).to(hr)
         out[idx] = makers[m](hr[idx], lr, sm, g).to(hr)
-    return out.clamp(0, 1)
+    return (out.clamp(0, 1), pick) if with_member else out.clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,11 +362,13 @@ class Difficulty:
 
 def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu", **zoo_kw) -> dict:
     """A batch of FGR triplets as a dict of tensors on `device`:
-    gt, syn, sr (n, 3, S, S); mask, dmap_syn, dmap_sr (n, 1, S, S); gold_gt, gold_syn, gold_sr (n,)."""
+    gt, syn, sr (n, 3, S, S); mask, dmap_syn, dmap_sr (n, 1, S, S); gold_gt, gold_syn, gold_sr (n,);
+    member (n,), the zoo member that made each I_SR (MEMBERS)."""
     hr, seg = pool.crops(n, size, g, with_segments=True)
     lr_strength = diff.degrade * float(torch.rand((), generator=g))  # one LR strength per batch
     hr = hr.to(device)
-    sr = sr_zoo(hr, diff.artifact, g, lr_strength, sr_models, **zoo_kw)  # zoo_kw: p_classical, p_hooks
+    # zoo_kw: p_classical, p_hooks
+    sr, member = sr_zoo(hr, diff.artifact, g, lr_strength, sr_models, with_member=True, **zoo_kw)
     mask = random_masks(n, size, diff.area, g, segments=seg).to(device)
     syn = mask * sr + (1 - mask) * hr  # I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT
     dmap_syn, dmap_sr = label_map(syn, hr), label_map(sr, hr)
@@ -367,6 +382,7 @@ def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu", 
         "gold_gt": torch.ones(n, device=device),  # M(I_GT; I_GT) = 0 exactly, so its quality is 1
         "gold_syn": 1 - dmap_syn.mean((1, 2, 3)),
         "gold_sr": 1 - dmap_sr.mean((1, 2, 3)),
+        "member": member.to(device),
     }
 
 

@@ -333,6 +333,47 @@ def validate(model, v: dict, batch: int = 64) -> dict:
     return r
 
 
+@torch.no_grad()
+def by_member(model, v: dict, name, batch: int = 64) -> dict:
+    """validate's triplet numbers split by the zoo member that made each triplet's I_SR (v["member"], from
+    data.fgr_batch; `name` maps a member index to its name, data.member_name): {name: {n, map_auroc, gt_syn,
+    syn_sr, triplet_acc}}. Which artifacts the RM is blind to, or scores backwards (S(syn) > S(SR) < 0.5:
+    the fully degraded image scored above the partly degraded one). Few triplets per member: noisy cells."""
+    p = next(model.parameters())
+    out = {}
+    for k in ("gt", "syn", "sr"):
+        s, m = zip(*(model(c.to(p.device)) for c in v[k].split(batch)))
+        out[k] = (torch.cat(s).cpu(), None if m[0] is None else torch.cat(m).cpu())
+    (s_gt, _), (s_syn, m_syn), (s_sr, m_sr) = out["gt"], out["syn"], out["sr"]
+    rows, member = {}, v["member"].cpu()
+    for i in member.unique().tolist():
+        sel = member == i
+        gt_syn, syn_sr = s_gt[sel] > s_syn[sel], s_syn[sel] > s_sr[sel]
+        auc = None
+        if m_syn is not None:
+            lab = torch.cat([v["dmap_syn"].cpu()[sel], v["dmap_sr"].cpu()[sel]]) > 0.1
+            auc = auroc(torch.cat([m_syn[sel], m_sr[sel]]), lab)
+        rows[name(i)] = {
+            "n": int(sel.sum()),
+            "map_auroc": auc,
+            "gt_syn": float(gt_syn.float().mean()),
+            "syn_sr": float(syn_sr.float().mean()),
+            "triplet_acc": float((gt_syn & syn_sr).float().mean()),
+        }
+    return rows
+
+
+def format_members(rows: dict) -> str:
+    """by_member's rows as fixed-width text, best map first (printed by train_rm after its last stage)."""
+    f = lambda x: "—" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))  # noqa: E731
+    cols = ["n", "map_auroc", "gt_syn", "syn_sr", "triplet_acc"]
+    auc = {k: r["map_auroc"] for k, r in rows.items()}
+    order = sorted(rows, key=lambda k: -auc[k] if auc[k] is not None and auc[k] == auc[k] else 1.0)
+    lines = [f"{'member':>10} " + " ".join(f"{c:>11}" for c in cols)]
+    lines += [f"{k:>10} " + " ".join(f"{f(rows[k][c]):>11}" for c in cols) for k in order]
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     """The per-stage table as fixed-width text (printed by train_rm and evaluate)."""
     cols = [

@@ -33,7 +33,7 @@ import data
 import images
 import rundir
 from curriculum import rm_difficulty, val_difficulty
-from metrics import format_table, label_map, validate
+from metrics import by_member, format_members, format_table, label_map, validate
 from rm import (
     GROUP_SCORE,
     FinPercepRM,
@@ -254,11 +254,17 @@ def main(cfg: Config) -> str:
             )
             r = {"stage": stage, **validate(model.eval(), v)}
             rows.append(r)
-            log.write(json.dumps({"step": n_steps, "phase": "rm", "stage": stage, "val": r}) + "\n")
+            # The final stage also split by zoo member (metrics.by_member): which artifacts it is blind to.
+            members = by_member(model, v, data.member_name) if stage == cfg.n_stages else None
+            row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
+            log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
             log.flush()
             # A stage boundary: the weights are in rm_stage{k}/, the state says where to go on.
             save_state(stage + 1, 0)
             print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
+            if members:
+                print(f"RM_{stage} by zoo member ({cfg.val_n} held-out triplets; few per member, so noisy:"
+                      f" raise --val_n for a firmer split)\n" + format_members(members))  # fmt: skip
             config.barrier()
     except KeyboardInterrupt:
         save_state(stage, resume_at, model, opt)  # the stage's weights and moments, at the first undone step

@@ -78,3 +78,31 @@ def test_group_triplets_keep_groups_at_the_end():
     assert both["sr"].shape[0] == 8 and torch.equal(both["sr"][2:], t["sr"]) and both["n_group"] == 6
     # a group stays together: its samples share one HR
     assert torch.equal(t["gt"][0], t["gt"][1]) and torch.equal(t["gt"][1], t["gt"][2])
+
+
+def test_fgr_batch_member_names_the_maker():
+    """ "member" says which zoo member made each I_SR: checked against the classical upsamplers recomputed
+    here from the batch's own HR (degradation 0 is deterministic), and by_member's split adds up."""
+    from metrics import by_member
+    from rm import FinPercepRM, RMConfig
+
+    pool = images.ImagePool(
+        [images.procedural_images(1, 96, torch.Generator().manual_seed(i))[0] for i in range(3)], crop=32
+    )
+    g = torch.Generator().manual_seed(1)
+    b = data.fgr_batch(pool, 12, 32, data.Difficulty(area=0.2, degrade=0.0), g, p_classical=1.0)
+    assert set(b["member"].tolist()) <= {0, 1, 2}
+    for i, m in enumerate(b["member"].tolist()):
+        ref = data.upsample(data.degrade(b["gt"][i : i + 1], 0.0), data.member_name(m))
+        assert torch.allclose(b["sr"][i : i + 1], ref, atol=1e-6), data.member_name(m)
+    b = data.fgr_batch(pool, 12, 32, data.Difficulty(area=0.2), g, p_classical=0.0)
+    assert min(b["member"].tolist()) >= 3 and data.member_name(len(data.MEMBERS)) == "hook0"
+    # The per-member triplet order, weighted by its counts, is the whole batch's (computed here directly).
+    torch.manual_seed(0)
+    model = FinPercepRM(RMConfig(widths=(4, 4, 4, 4), stage=3)).eval()
+    rows = by_member(model, b, data.member_name)
+    with torch.no_grad():
+        s = {k: model(b[k])[0] for k in ("gt", "syn", "sr")}
+    whole = float(((s["gt"] > s["syn"]) & (s["syn"] > s["sr"])).float().mean())
+    assert sum(r["n"] for r in rows.values()) == 12
+    assert abs(sum(r["n"] * r["triplet_acc"] for r in rows.values()) / 12 - whole) < 1e-6
