@@ -284,14 +284,19 @@ def group_spearman(a: torch.Tensor, b: torch.Tensor, G: int) -> float:
     return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)).mean())
 
 
+def _run(model, x: torch.Tensor, batch: int) -> tuple:
+    """The model on x in chunks of `batch`, on the model's device: (score (B,), dmap or None), on the CPU."""
+    p = next(model.parameters())
+    outs = [model(c.to(p.device)) for c in x.split(batch)]
+    score = torch.cat([o[0] for o in outs]).cpu()
+    return score, None if outs[0][1] is None else torch.cat([o[1] for o in outs]).cpu()
+
+
 @torch.no_grad()
 def policy_metrics(model, groups: dict, batch: int = 64) -> dict:
     """On policy samples in groups (policy_groups): pol_auroc, the map's AUROC against the gold map (> 0.1),
     and pol_rank, the within-group rank correlation of the score with gold quality; None where not defined."""
-    p = next(model.parameters())
-    outs = [model(x.to(p.device)) for x in groups["sr"].split(batch)]
-    score = torch.cat([o[0] for o in outs]).cpu()
-    dmap = None if outs[0][1] is None else torch.cat([o[1] for o in outs]).cpu()
+    score, dmap = _run(model, groups["sr"], batch)
     return {
         "pol_auroc": None if dmap is None else auroc(dmap, groups["dmap"].cpu() > 0.1),
         "pol_rank": group_spearman(score, groups["gold"].cpu(), groups["G"]),
@@ -301,12 +306,7 @@ def policy_metrics(model, groups: dict, batch: int = 64) -> dict:
 @torch.no_grad()
 def validate(model, v: dict, batch: int = 64) -> dict:
     """The per-stage numbers of the issue, on the fixed set v. Map metrics are None at stage 0 (no map)."""
-    p = next(model.parameters())
-    run = lambda x: [t for t in zip(*(model(c.to(p.device)) for c in x.split(batch)))]  # noqa: E731
-    out = {}
-    for k in ("gt", "syn", "sr", "bicubic", "small"):
-        s, m = run(v[k])
-        out[k] = (torch.cat(s).cpu(), None if m[0] is None else torch.cat(m).cpu())
+    out = {k: _run(model, v[k], batch) for k in ("gt", "syn", "sr", "bicubic", "small")}
     (s_gt, m_gt), (s_syn, m_syn), (s_sr, m_sr) = out["gt"], out["syn"], out["sr"]
     if not all(torch.isfinite(s).all() for s, _ in out.values()):  # a NaN model gives no valid table
         raise SystemExit("error: the reward model gives non-finite scores on the held-out set; lower --lr")
@@ -339,12 +339,7 @@ def by_member(model, v: dict, name, batch: int = 64) -> dict:
     data.fgr_batch; `name` maps a member index to its name, data.member_name): {name: {n, map_auroc, gt_syn,
     syn_sr, triplet_acc}}. Which artifacts the RM is blind to, or scores backwards (S(syn) > S(SR) < 0.5:
     the fully degraded image scored above the partly degraded one). Few triplets per member: noisy cells."""
-    p = next(model.parameters())
-    out = {}
-    for k in ("gt", "syn", "sr"):
-        s, m = zip(*(model(c.to(p.device)) for c in v[k].split(batch)))
-        out[k] = (torch.cat(s).cpu(), None if m[0] is None else torch.cat(m).cpu())
-    (s_gt, _), (s_syn, m_syn), (s_sr, m_sr) = out["gt"], out["syn"], out["sr"]
+    (s_gt, _), (s_syn, m_syn), (s_sr, m_sr) = (_run(model, v[k], batch) for k in ("gt", "syn", "sr"))
     rows, member = {}, v["member"].cpu()
     for i in member.unique().tolist():
         sel = member == i
