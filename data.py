@@ -276,7 +276,7 @@ def sr_zoo(
     hook). `sr_models` is the hook: extra makers f(hr, lr, strength, g) -> sr, e.g. a trained policy's
     sampler (wired up in train_rm.py --policy), mixed in as equal members of the procedural group.
     with_member: return (sr, member) instead, member (B,) the index of each sample's maker (MEMBERS above),
-    so a validation can say which members the RM is blind to (metrics.by_member).
+    so a validation can say which members the RM is blind to (metrics.validate's member_name).
 
     The LR image (HR degraded with `lr_strength`) is made only for the samples whose maker reads it (the
     classical upsamplers and hooks): degradation runs in Pillow and is the costliest part of the data.

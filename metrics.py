@@ -303,63 +303,62 @@ def policy_metrics(model, groups: dict, batch: int = 64) -> dict:
     }
 
 
+def _triplet_numbers(s_gt, s_syn, s_sr, m_syn, m_sr, lab_syn, lab_sr) -> dict:
+    """Triplet order (S_SR < S_syn < S_GT, each half too) and the map's AUROC against the label maps (> 0.1)
+    of one set of triplets: validate's, on the whole held-out set and on each zoo member's share of it."""
+    gt_syn, syn_sr = s_gt > s_syn, s_syn > s_sr
+    # map AUROC: positives are the pixels the label function calls degraded
+    lab = torch.cat([lab_syn, lab_sr]) > 0.1
+    return {
+        "gt_syn": float(gt_syn.float().mean()),
+        "syn_sr": float(syn_sr.float().mean()),
+        "triplet_acc": float((gt_syn & syn_sr).float().mean()),
+        "map_auroc": None if m_syn is None else auroc(torch.cat([m_syn, m_sr]), lab),
+    }
+
+
 @torch.no_grad()
-def validate(model, v: dict, batch: int = 64) -> dict:
-    """The per-stage numbers of the issue, on the fixed set v. Map metrics are None at stage 0 (no map)."""
+def validate(model, v: dict, batch: int = 64, member_name=None) -> dict:
+    """The per-stage numbers of the issue, on the fixed set v. Map metrics are None at stage 0 (no map).
+    member_name (data.member_name): also "members", the triplet numbers split by the zoo member that made each
+    triplet's I_SR (v["member"], from data.fgr_batch): {name: {n, gt_syn, syn_sr, triplet_acc, map_auroc}}.
+    Which artifacts the RM is blind to, or scores backwards (syn_sr < 0.5: the fully degraded image scored
+    above the partly degraded one). Few triplets per member: noisy cells."""
     out = {k: _run(model, v[k], batch) for k in ("gt", "syn", "sr", "bicubic", "small")}
     (s_gt, m_gt), (s_syn, m_syn), (s_sr, m_sr) = out["gt"], out["syn"], out["sr"]
     if not all(torch.isfinite(s).all() for s, _ in out.values()):  # a NaN model gives no valid table
         raise SystemExit("error: the reward model gives non-finite scores on the held-out set; lower --lr")
     gold = torch.cat([v["gold_gt"], v["gold_syn"], v["gold_sr"]]).cpu()
+    lab_syn, lab_sr = v["dmap_syn"].cpu(), v["dmap_sr"].cpu()
+    t = _triplet_numbers(s_gt, s_syn, s_sr, m_syn, m_sr, lab_syn, lab_sr)
     clean_std = s_gt.std().clamp_min(1e-6)
     r = {
-        "triplet_acc": float(((s_sr < s_syn) & (s_syn < s_gt)).float().mean()),
+        "triplet_acc": t["triplet_acc"],
         "spearman": spearman(torch.cat([s_gt, s_syn, s_sr]), gold),
         "hr_gt_bicubic": float((s_gt > out["bicubic"][0]).float().mean()),
         # local sensitivity: score drop from one small artifact, in units of the clean-score spread
         "local_sens": float((s_gt - out["small"][0]).mean() / clean_std),
         "map_l1": None,
-        "map_auroc": None,
+        "map_auroc": t["map_auroc"],
         "clean_map": None,
     }
     if m_syn is not None:
-        pred = torch.cat([m_syn, m_sr])
-        lab = torch.cat([v["dmap_syn"], v["dmap_sr"]]).cpu()
-        r["map_l1"] = float((pred - lab).abs().mean())
-        r["map_auroc"] = auroc(pred, lab > 0.1)  # positives: pixels the label function calls degraded
+        r["map_l1"] = float((torch.cat([m_syn, m_sr]) - torch.cat([lab_syn, lab_sr])).abs().mean())
         r["clean_map"] = float(m_gt.mean())  # false alarms on clean HR images
     if "policy" in v:  # held-out policy samples (train_rm --policy): what RL will show this RM
         r.update(policy_metrics(model, v["policy"], batch))
+    if member_name is not None:
+        member, r["members"] = v["member"].cpu(), {}
+        for i in member.unique().tolist():
+            sel = member == i
+            maps = (None, None) if m_syn is None else (m_syn[sel], m_sr[sel])
+            numbers = _triplet_numbers(s_gt[sel], s_syn[sel], s_sr[sel], *maps, lab_syn[sel], lab_sr[sel])
+            r["members"][member_name(i)] = {"n": int(sel.sum()), **numbers}
     return r
 
 
-@torch.no_grad()
-def by_member(model, v: dict, name, batch: int = 64) -> dict:
-    """validate's triplet numbers split by the zoo member that made each triplet's I_SR (v["member"], from
-    data.fgr_batch; `name` maps a member index to its name, data.member_name): {name: {n, map_auroc, gt_syn,
-    syn_sr, triplet_acc}}. Which artifacts the RM is blind to, or scores backwards (S(syn) > S(SR) < 0.5:
-    the fully degraded image scored above the partly degraded one). Few triplets per member: noisy cells."""
-    (s_gt, _), (s_syn, m_syn), (s_sr, m_sr) = (_run(model, v[k], batch) for k in ("gt", "syn", "sr"))
-    rows, member = {}, v["member"].cpu()
-    for i in member.unique().tolist():
-        sel = member == i
-        gt_syn, syn_sr = s_gt[sel] > s_syn[sel], s_syn[sel] > s_sr[sel]
-        auc = None
-        if m_syn is not None:
-            lab = torch.cat([v["dmap_syn"].cpu()[sel], v["dmap_sr"].cpu()[sel]]) > 0.1
-            auc = auroc(torch.cat([m_syn[sel], m_sr[sel]]), lab)
-        rows[name(i)] = {
-            "n": int(sel.sum()),
-            "map_auroc": auc,
-            "gt_syn": float(gt_syn.float().mean()),
-            "syn_sr": float(syn_sr.float().mean()),
-            "triplet_acc": float((gt_syn & syn_sr).float().mean()),
-        }
-    return rows
-
-
 def format_members(rows: dict) -> str:
-    """by_member's rows as fixed-width text, best map first (printed by train_rm after its last stage)."""
+    """validate's "members" as fixed-width text, best map first (printed by train_rm after its last stage)."""
     f = lambda x: "—" if x is None else (f"{x:.2f}" if isinstance(x, float) else str(x))  # noqa: E731
     cols = ["n", "map_auroc", "gt_syn", "syn_sr", "triplet_acc"]
     auc = {k: r["map_auroc"] for k, r in rows.items()}

@@ -33,7 +33,7 @@ import data
 import images
 import rundir
 from curriculum import rm_difficulty, val_difficulty
-from metrics import by_member, format_members, format_table, label_map, validate
+from metrics import format_members, format_table, label_map, validate
 from rm import (
     GROUP_SCORE,
     FinPercepRM,
@@ -252,10 +252,11 @@ def main(cfg: Config) -> str:
                 os.path.join(cfg.out_dir, f"rm_stage{stage}"),
                 {"trained_steps": n_steps, "crop": cfg.crop},
             )
-            r = {"stage": stage, **validate(model.eval(), v)}
+            # The final stage also split by zoo member (validate's "members"): which artifacts it is blind to.
+            name = data.member_name if stage == cfg.n_stages else None
+            r = {"stage": stage, **validate(model.eval(), v, member_name=name)}
+            members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
             rows.append(r)
-            # The final stage also split by zoo member (metrics.by_member): which artifacts it is blind to.
-            members = by_member(model, v, data.member_name) if stage == cfg.n_stages else None
             row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
             log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
             log.flush()
