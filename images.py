@@ -237,6 +237,7 @@ class ImagePool:
         hr = self.crops(n, size, g)
         # One strength per interleaved group (hr[i::groups]), drawn after the crops, as the docstring says.
         draw = strength if callable(strength) else (lambda: strength)
+        groups = min(groups, n)  # fewer pairs than groups (e.g. train_rm --bank=2): one pair per group
         lr = torch.cat([degrade(hr[i::groups], draw(), g) for i in range(groups)])
         return torch.cat([hr[i::groups] for i in range(groups)]), lr
 
