@@ -203,18 +203,24 @@ def main(cfg: Config) -> str:
             n_steps, diff = cfg.stage_steps[stage], rm_difficulty(stage, cfg.n_stages)
             # The losses run through DDP under torchrun (gradient averaging); a plain run: the model itself.
             net = config.ddp(model, dev)
-            bar = tqdm(range(first, n_steps), desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", leave=False,
-                       disable=not main_rank)  # fmt: skip
-            for step in bar:
+
+            #### BATCH: FGR triplets from (seed, stage, step, rank) alone: every rank draws other data, and
+            #### --resume continues the same streams without any stored generator state. On CUDA the next
+            #### step's batch is drawn in a thread while this one trains (config.prefetch): the draw (Pillow,
+            #### label maps) would otherwise stall the GPU's short forward and backward. The step's generator
+            #### comes along, since the losses go on drawing from it (L_group's groups): the same stream.
+            def draw(step, stage=stage, diff=diff):
+                g = config.generator("rm/draw", cfg.seed, stage, step, rank)
+                return g, data.fgr_batch(pool, cfg.batch, cfg.crop, diff, g, hooks, dev,
+                                         p_classical=cfg.p_classical)  # fmt: skip
+
+            batches = config.prefetch(draw, range(first, n_steps), dev.type == "cuda")
+            bar = tqdm(batches, desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", initial=first,
+                       total=n_steps, leave=False, disable=not main_rank)  # fmt: skip
+            for step, (g, batch) in bar:
                 # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
                 for group in opt.param_groups:
                     group["lr"] = config.cosine_lr(cfg.lr, step, n_steps)
-                #### BATCH: FGR triplets from (seed, stage, step, rank) alone: every rank draws other data,
-                #### and --resume continues the same streams without any stored generator state
-                g = config.generator("rm/draw", cfg.seed, stage, step, rank)
-                batch = data.fgr_batch(
-                    pool, cfg.batch, cfg.crop, diff, g, hooks, dev, p_classical=cfg.p_classical
-                )
                 with config.autocast(dev, amp):  # bf16 forward with --amp=bf16; backward follows its dtypes
                     loss, parts = losses(net, batch, base, bank, stage, cfg, diff.area, g)
                 #### STEP: the step's host sync — a non-finite loss or gradient skips it (config.NanGuard)

@@ -99,6 +99,24 @@ def test_train_rm_resume_logs_every_step_once(tmp_path, monkeypatch, exc):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_train_rm_prefetch_is_the_same_run(runs, tmp_path, monkeypatch):
+    # On CUDA train_rm draws each next batch in a thread (config.prefetch). Forced on here, with --policy,
+    # whose L_group goes on drawing from the step's generator after the batch: the same rows and weights.
+    _, sft_dir = runs
+    pol = dict(policy=os.path.join(sft_dir, "policy_sft"), bank=2, bank_group=2, drifts=(0,))
+    off = train_rm.Config(out_dir=str(tmp_path / "off"), **pol, **TINY_RM)
+    train_rm.main(off)
+    real, used = config.prefetch, []
+    monkeypatch.setattr(config, "prefetch", lambda fn, steps, on: used.append(on) or real(fn, steps, True))
+    on = dataclasses.replace(off, out_dir=str(tmp_path / "on"))
+    train_rm.main(on)
+    assert used == [False] * 4  # one per stage; on the CPU it would have been off
+    assert rows(on.out_dir) == rows(off.out_dir) and "group" in rows(off.out_dir)[0]
+    a = load_file(os.path.join(on.out_dir, "rm_stage3", "model.safetensors"))
+    b = load_file(os.path.join(off.out_dir, "rm_stage3", "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_rl_resume_after_a_kill_logs_every_step_once(runs, tmp_path, monkeypatch, capsys):
     rm_dir, sft_dir = runs
     base = dict(rm_dir=rm_dir, init_policy=os.path.join(sft_dir, "policy_sft"), **{**TINY_RL, "steps": 5})
