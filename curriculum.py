@@ -16,7 +16,7 @@ import torch
 import config
 import data
 from data import Difficulty
-from rm import freeze, rm_losses
+from rm import LAM_GROUP, freeze, rm_losses
 
 # [ours] The paper gives no numbers. The endpoints: RM_0 learns a global score, so its regions cover a third
 # of the image and artifacts are at full strength; RM_N localises, so regions shrink to ~8 % of the image
@@ -195,7 +195,7 @@ class CoEvolution:
             zoo = data.fgr_batch(self.pool, cfg.coevolve_zoo, hr.shape[-1], diff, g, device=self.dev)
             batch = data.merge(zoo, data.group_triplets(groups, len(sr) // G, diff.area, g))
             base = self.base if stage > 0 else None  # RM_0 is its own anchor
-            loss, _ = rm_losses(model, batch, base, lam_gold=1.0, lam_group=1.0 if G > 1 else 0.0)
+            loss, _ = rm_losses(model, batch, base, lam_gold=1.0, lam_group=LAM_GROUP if G > 1 else 0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

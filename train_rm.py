@@ -36,6 +36,7 @@ from curriculum import rm_difficulty, val_difficulty
 from metrics import format_members, format_table, label_map, validate
 from rm import (
     GROUP_SCORE,
+    LAM_GROUP,
     FinPercepRM,
     RMConfig,
     freeze,
@@ -67,7 +68,7 @@ class Config:
     # Crop augmentation of the RM's training photos (images.ImagePool.augment): each crop is zoomed out by up
     # to 1 + augment, flipped/rotated and its colour channels permuted. 0 = the photos as they are. Off by
     # default: measured within seed noise (README, "The reward model's levers, measured").
-    augment: float = 0.0
+    augment: float = 0.0  # crop zoom-out by up to 1 + augment, flips, channel order; 0 = off
     p_classical: float = 0.5  # share of classical upsamples (bicubic …) among I_SR: "blur is a defect"
     lr: float = 2e-3  # AdamW; small conv nets on tiny images tolerate a large rate
     weight_decay: float = 1e-4  # AdamW's; mild
@@ -78,7 +79,7 @@ class Config:
     # λ_group [ours]: rank G samples of one LR by gold (rm.group_loss); needs --policy. 0.3, not 1: at 1 the
     # policy samples crowded out the zoo (held-out S(HR) > S(bicubic) 0.37 vs 0.74 at 0.3, triplet order
     # 0.51 vs 0.62, 3 seeds), and 0.3 kept the map's AUROC on a hacked policy's samples (0.79; 0.67 at 0).
-    lam_group: float = 0.3
+    lam_group: float = LAM_GROUP  # λ_group: same-LR ranking of policy samples (rm.LAM_GROUP); needs --policy
     # --- the policy bank (with --policy): samples of the policy RL starts from and of drifted copies of it
     bank: int = 64  # LR crops in the bank; × bank_group samples each (made once, ~20 s on 2 CPU cores)
     bank_group: int = 4  # G: samples per LR, as RL's group
