@@ -85,6 +85,12 @@ class Schedule:
         cum = [sum(f[: k + 1]) / sum(f) for k in range(n_stages)]
         # starts[k] = the step at which stage k begins (fixed mode); plateau mode fills them as it goes.
         self.starts = [0] + ([round(c * total) for c in cum] if switch == "fixed" else [])
+        # The blend never takes more than half of a stage, so every stage, RM_N included, gets steps at full
+        # weight: at 40 steps the later stages last 8 steps and a 10-step blend would never reach RM_N
+        # alone. (Plateau mode needs no cap: a stage lasts at least blend + 2·window steps there.)
+        if switch == "fixed" and n_stages > 0:
+            shortest = min(b - a for a, b in zip(self.starts, self.starts[1:] + [total]))
+            self.blend = min(blend, shortest // 2)
         self.history = []  # recent mean rewards (plateau mode), saved with the run for --resume
 
     def stage_at(self, step: int) -> int:

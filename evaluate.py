@@ -1,8 +1,9 @@
 """Does it work? The paper's comparison (method.md §6) in the toy world, bracketed by controls; its report.
 
-    python evaluate.py                                  # the main job: SFT → RM → RL arms × 3 seeds → report
-    python evaluate.py --controls=all                   # + the oracle with the gold score only
-    python evaluate.py --compare_algos                  # + the same arms trained with ReFL
+    python evaluate.py                                  # the main job: SFT → RM → RL arms × 2 algos × 3 seeds
+    python evaluate.py --controls=all                   # + the oracle with the gold score only, co-evolution
+    python evaluate.py --algos=pg                       # pg's arms only (ReFL's: --algos=refl)
+    python evaluate.py --from_scratch                   # the RM without the shipped base: all from nothing
     python evaluate.py --device=cuda --preset=gpu       # a real run on one GPU
     python evaluate.py score a.png b.jpg --rm=out/eval/work/rm/rm_stage3      # scores + degradation overlays
     python evaluate.py upscale lr.png --policy=out/eval/work/rl_pg_ccl_s0/policy_final --out_dir=out/sr
@@ -11,7 +12,7 @@ The main job runs the project in the faithful order (design.md "Data flow") thro
 `main(cfg)`, never a copy of their loops, and keeps every run under <out_dir>/work:
   work/sft                         train_rl.main(sft_only): the common start of every arm
   work/rm                          train_rm.main(policy=work/sft/policy_sft): RM_0 … RM_N
-  work/rl_{algo}_{arm}_s{seed}     train_rl.main(init_policy=work/sft/policy_sft): the RL arms
+  work/rl_{algo}_{arm}_s{seed}     train_rl.main(init_policy=work/sft/policy_sft): the RL arms, per algorithm
 The arms (ARMS): bicubic and SFT (no RL); the controls first (method.md "Controls first") — the placebo
 (random rewards: what the update's noise alone does) and the oracle (the gold judge's score and map as the
 reward: the ceiling); then the paper's comparison — RL on RM_0 only (global, the global-IQA baseline), on RM_N
@@ -19,9 +20,8 @@ from step 0 (none, "no CCL"), and under the co-evolutionary curriculum (ccl). Ev
 training seeds. A run is reused only when its config.json equals the config it would get now and its final
 checkpoint exists and is newer than the checkpoints it read (make's rule); anything else is run again.
 Every arm is then judged on held-out photos by judges the reward models never learned from, and the claims
-(CLAIMS) are decided by one rule: a difference between two arms counts when it exceeds K_SE standard errors
-over training seeds (a paired t over crops sees only sampling noise, and RL seeds differ far more). The
-sentences come from the numbers, never the other way round ("The honest toy world", method.md).
+(CLAIMS, per algorithm) are decided by one rule: a difference between two arms counts when it exceeds K_SE
+standard errors over training seeds (a paired t over crops sees only sampling noise; RL seeds differ more).
 """
 
 import dataclasses
@@ -31,7 +31,6 @@ import os
 import shlex
 import shutil
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -48,7 +47,7 @@ from policy import load_policy
 from rm import load_stages
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     out_dir: str = "out/eval"  # report.md, results.json, figures, work/ (its runs): a fresh out_dir = scratch
     data: str = "builtin"  # training source (evaluation: builtin's held-out photos); score/upscale: lr:DIR
@@ -57,9 +56,10 @@ class Config:
     preset: str = "cpu"  # cpu | gpu: also selects train_rm's and train_rl's preset of the same name
     n_seeds: int = 3  # RL training seeds per arm: the verdicts need their spread (≥ 3; method.md)
     controls: str = "default"  # default (placebo + oracle_map) | all (+ oracle_score, ccl_coevolve)
-    compare_algos: bool = False  # also every RL arm with the other algorithm (refl beside pg)
-    algo: str = "pg"  # the algorithm of the default arms (train_rl's default)
-    arm_steps: int = 40  # RL steps per arm, THE budget knob (15 RL runs must fit the 20-minute CPU budget)
+    # pg (ours: map-based per-pixel penalties), refl (the paper's). The first's arms keep their plain names.
+    algos: tuple = ("pg", "refl")  # RL algorithms, each with every arm; the others' arms are '<algo>_<arm>'
+    from_scratch: bool = False  # train the RM without the shipped base (train_rm's scratch preset)
+    arm_steps: int = 40  # RL steps per arm, THE budget knob (30 RL runs must fit the 20-minute CPU budget)
     sft_steps: int = 0  # SFT steps; 0 = train_rl's default for the preset
     rm_steps: tuple = ()  # train_rm's steps per stage RM_0 … RM_N, e.g. 120,60,60,150; empty = its default
     rm_args: str = ""  # more train_rm flags, e.g. "--widths=8,16,16,16 --batch=8" (the tests' tiny models)
@@ -81,7 +81,9 @@ class Config:
         c = config
         c.check(
             self,
-            n_seeds=c.at_least(1), controls=c.one_of("default", "all"), algo=c.one_of("pg", "refl"),
+            n_seeds=c.at_least(1), controls=c.one_of("default", "all"),
+            algos=((lambda v: len(v) > 0 and set(v) <= {"pg", "refl"} and len(set(v)) == len(v)),
+                   "give pg, refl or both, e.g. --algos=pg,refl"),
             arm_steps=c.at_least(1), sft_steps=c.at_least(0), eval_n=c.at_least(2),
             eval_crop=c.multiple_of(16), eval_degrade=c.UNIT, eval_seeds=c.at_least(1), n_show=c.at_least(1),
             tile=c.at_least(0), tile_batch=c.at_least(1), steps=c.at_least(0),
@@ -114,6 +116,7 @@ CLAIMS = [
     ("RL works: the oracle (gold map) beats SFT on gold", "oracle_map", "sft", "gold", -1),
     ("RM_N + CCL beats the global reward on gold", "ccl", "global", "gold", -1),
     ("RM_N + CCL beats the placebo on gold", "ccl", "placebo", "gold", -1),
+    ("RM_N + CCL beats SFT on gold (not worse: no hacking)", "ccl", "sft", "gold", -1),
     ("No curriculum is less stable (tail std of reward_final)", "none", "ccl", "tail_std", 1),
     ("No curriculum ends worse on gold", "none", "ccl", "gold", 1),
     ("The map carries the signal: oracle_map beats oracle_score", "oracle_map", "oracle_score", "gold", -1),
@@ -153,11 +156,15 @@ def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
 
 
 def arm_list(cfg: Config) -> list:
-    """[(arm name, algo, train_rl overrides)]: the default algorithm's arms by their plain names, then
-    (--compare_algos) the other algorithm's as '<algo>_<arm>'."""
+    """[(arm name, algo, train_rl overrides)]: the first algorithm's arms by their plain names, then each
+    other algorithm's as '<algo>_<arm>'."""
     arms = {**ARMS, **(CONTROLS_ALL if cfg.controls == "all" else {})}
-    algos = [cfg.algo] + ([a for a in ("pg", "refl") if a != cfg.algo] if cfg.compare_algos else [])
-    return [(a if algo == cfg.algo else f"{algo}_{a}", algo, kw) for algo in algos for a, kw in arms.items()]
+    return [(prefix(cfg, algo) + a, algo, kw) for algo in cfg.algos for a, kw in arms.items()]
+
+
+def prefix(cfg, algo: str) -> str:
+    """The arm-name prefix of an algorithm's arms: none for the first of --algos, else '<algo>_'."""
+    return "" if algo == cfg.algos[0] else f"{algo}_"
 
 
 def train_all(cfg: Config, log: list):
@@ -176,7 +183,8 @@ def train_all(cfg: Config, log: list):
     rl = dataclasses.replace(rl, sft_only=False)  # whatever rl_args said: the arms do RL
     # The RM stages, trained with the SFT policy's samples in the zoo (method.md §2: "several diffusion SR
     # models"; design.md: SFT → RM → RL).
-    steps = {"stage_steps": tuple(cfg.rm_steps)} if cfg.rm_steps else {}
+    steps = train_rm.PRESETS["scratch"] if cfg.from_scratch else {}  # RM_0 trained too, not the shipped base
+    steps = {**steps, "stage_steps": tuple(cfg.rm_steps)} if cfg.rm_steps else steps
     rcfg = sub_config(train_rm.Config, train_rm.PRESETS, cfg.preset, cfg.rm_args, **common, **steps)
     rm_dir = os.path.join(work, "rm")
     rcfg = dataclasses.replace(rcfg, out_dir=rm_dir, policy=sft_policy, seed=cfg.seed)
@@ -187,7 +195,7 @@ def train_all(cfg: Config, log: list):
     for name, algo, kw in arm_list(cfg):
         arms[name] = []
         for seed in range(cfg.seed, cfg.seed + cfg.n_seeds):
-            out = os.path.join(work, f"rl_{algo}_{name.removeprefix(algo + '_')}_s{seed}")
+            out = os.path.join(work, f"rl_{algo}_{name.removeprefix(prefix(cfg, algo))}_s{seed}")
             acfg = dataclasses.replace(rl, out_dir=out, init_policy=sft_policy, rm_dir=rm_dir, seed=seed)
             acfg = dataclasses.replace(acfg, algo=algo, steps=cfg.arm_steps, **kw)
             final = os.path.join(out, "policy_final")
@@ -362,19 +370,26 @@ def rm_on_policies(cfg, arms, rms, hr, lr, dev) -> list:
     return rows
 
 
-def verdicts(results: dict, trained: set) -> dict:
-    """{claim: (outcome, difference, its SE)} for every claim whose arms ran (CLAIMS, HACK_CLAIM)."""
+def verdicts(results: dict, trained: set, prefixes=("",)) -> dict:
+    """{claim: (outcome, difference, its SE)} for every claim whose arms ran (CLAIMS, HACK_CLAIM), once per
+    algorithm's arm-name prefix ("", "refl_" …), tagged with it ("refl: RM_N + CCL …"); SFT is shared."""
     out = {}
-    for claim, a, b, key, sign in CLAIMS:
-        if a in results and b in results:
-            d, se = compare(results[a][key], results[b][key], a in trained, b in trained)
-            out[claim] = (outcome(sign * d, se), d, se)
-    if "global" in results and "placebo" in results:  # hacking = the proxy up, the gold judge not
-        dp, sp = compare(results["global"]["proxy0"], results["placebo"]["proxy0"])
-        dq, sq = compare(results["placebo"]["gold"], results["global"]["gold"])  # > 0: global's gold better
-        o = "within noise" if outcome(dp, sp) == "within noise" else "reproduced"
-        o = "not reproduced" if outcome(dp, sp) == "not reproduced" or outcome(dq, sq) == "reproduced" else o
-        out[HACK_CLAIM] = (o, dp, sp)
+    for p in prefixes:
+        arm = lambda a, p=p: a if a in ("sft", "bicubic") else p + a  # noqa: E731
+        tag = f"{p[:-1]}: " if p else ""
+        for claim, a, b, key, sign in CLAIMS:
+            a, b = arm(a), arm(b)
+            if a in results and b in results:
+                d, se = compare(results[a][key], results[b][key], a in trained, b in trained)
+                out[tag + claim] = (outcome(sign * d, se), d, se)
+        g, pl = arm("global"), arm("placebo")
+        if g in results and pl in results:  # hacking = the proxy up, the gold judge not
+            dp, sp = compare(results[g]["proxy0"], results[pl]["proxy0"])
+            dq, sq = compare(results[pl]["gold"], results[g]["gold"])  # > 0: global's gold better
+            up, better = outcome(dp, sp), outcome(dq, sq)
+            o = "within noise" if up == "within noise" else "reproduced"
+            o = "not reproduced" if up == "not reproduced" or better == "reproduced" else o
+            out[tag + HACK_CLAIM] = (o, dp, sp)
     return out
 
 
@@ -390,7 +405,7 @@ def main(cfg: Config) -> str:
     rms = load_stages(rcfg.out_dir, dev)  # every stage, frozen
     iqa, iqa_msg = load_iqa(dev)
     results, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
-    found = verdicts(results, trained={n for n, runs in arms.items() if runs[0][0]})
+    found = verdicts(results, {n for n, r in arms.items() if r[0][0]}, [prefix(cfg, a) for a in cfg.algos])
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
     val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
     rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]

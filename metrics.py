@@ -284,6 +284,16 @@ def group_spearman(a: torch.Tensor, b: torch.Tensor, G: int) -> float:
     return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)).mean())
 
 
+def map_calibration(dmap: torch.Tensor, label: torch.Tensor, threshold: float = 0.1) -> float:
+    """Mean predicted map inside the degraded region ÷ mean label map there (region: label > threshold, the
+    AUROC's positives). 1 = as intense as the label; a map that ranks pixels well (AUROC) can still be faint
+    (≪ 1), and RL's local penalty reads its intensity. NaN when no pixel is degraded."""
+    region = label > threshold
+    if not region.any():
+        return float("nan")
+    return float(dmap[region].mean() / label[region].mean())
+
+
 def _run(model, x: torch.Tensor, batch: int) -> tuple:
     """The model on x in chunks of `batch`, on the model's device: (score (B,), dmap or None), on the CPU."""
     p = next(model.parameters())
@@ -341,10 +351,12 @@ def validate(model, v: dict, batch: int = 64, member_name=None) -> dict:
         "map_l1": None,
         "map_auroc": t["map_auroc"],
         "clean_map": None,
+        "map_calib": None,
     }
     if m_syn is not None:
         r["map_l1"] = float((torch.cat([m_syn, m_sr]) - torch.cat([lab_syn, lab_sr])).abs().mean())
         r["clean_map"] = float(m_gt.mean())  # false alarms on clean HR images
+        r["map_calib"] = map_calibration(torch.cat([m_syn, m_sr]), torch.cat([lab_syn, lab_sr]))
     if "policy" in v:  # held-out policy samples (train_rm --policy): what RL will show this RM
         r.update(policy_metrics(model, v["policy"], batch))
     if member_name is not None:
@@ -378,6 +390,7 @@ def format_table(rows: list[dict]) -> str:
         "spearman",
         "hr_gt_bicubic",
         "clean_map",
+        "map_calib",
         "local_sens",
         "pol_auroc",
         "pol_rank",

@@ -5,11 +5,14 @@ and report.md — made from the numbers evaluate.py computed, never the other wa
     text = report.report_text(cfg, ...)                     # report.md
 
 What a reader should see (method.md "The honest toy world"):
-- curves.png: RM_N's score (reward_final, the same judge in every arm) and the gold judge per RL step, one
-  faint line per training seed and their mean bold; the controls (placebo, oracles) dashed. Reward hacking
-  is a reward curve that rises while the gold curve does not fall.
-- samples.png: the SR images themselves (the artifacts a reader wants to see), each above the gold judge's
-  map of it, for a few held-out crops; LR and HR at the ends of each row.
+- curves.png: one row per algorithm; per RL step the proxy each arm optimised (its `reward`: the RM stage(s)
+  the curriculum gave it, the gold score for the oracle), the gold judge, and gold minus the placebo's; one
+  faint line per training seed and their mean bold; the controls dashed. Reward hacking is a proxy curve
+  that rises while the gold curve does not fall.
+- samples.png: the held-out crops where the arms differ most: every arm's SR (LR, SFT and HR beside them)
+  above its difference from SFT's SR (×4, so small local changes show).
+- hacked.png: per algorithm, the global arm's most-rewarded held-out sample (highest RM_0 score) beside its
+  gold map, and SFT's sample of the same crop with its gold map: what a high proxy bought.
 - rm_maps.png: held-out FGR examples, their label map, and what each RM stage's map makes of them.
 Kept apart from evaluate.py, which trains and judges, so both read on their own (design.md: ~400 lines).
 """
@@ -123,47 +126,76 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    # Fig. 1b: reward_final (RM_N's score, comparable across arms and reward sources) and gold per RL step:
-    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed. Every arm
-    # of a seed sees the same batches (seeded by seed and step), so the raw curves move together with the
-    # batch; the third panel takes that out: gold minus the placebo's, same seed, same step.
-    # series[arm][key]: (seeds, steps) of the RL arms' logged curves; "delta" = gold − the placebo's gold,
-    # a paired difference per seed and step.
+    # Fig. 1b, one row per algorithm: the proxy each arm optimised (its logged `reward`) and gold per RL step;
+    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed. Every arm of
+    # a seed sees the same batches (seeded by seed and step), so the raw curves move together with the batch;
+    # the third panel takes that out: gold minus the same algorithm's placebo's, same seed, same step.
+    # series[arm][key]: (seeds, steps) of the RL arms' logged curves.
     series, steps = {}, {}
     for name, runs in ((n, r) for n, r in arms.items() if r[0][0]):  # RL arms only
         curves = [rl_rows(run_dir) for run_dir, _, _ in runs]  # one curve per training seed
         steps[name] = [x["step"] for x in curves[0]]
         series[name] = {k: torch.tensor([[x[k] for x in c] for c in curves], dtype=torch.float64)
-                        for k in ("reward_final", "gold")}  # fmt: skip
-    for v in series.values():
-        if "placebo" in series:
-            v["delta"] = v["gold"] - series["placebo"]["gold"]
-    panels = [("reward_final", "reward_final (RM_N score) ↑"), ("gold", "gold (mean label map vs HR) ↓")]
-    panels += [("delta", "gold − placebo's, same batches ↓")] if "placebo" in series else []
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6))
-    for i, (name, v_of) in enumerate(series.items()):
-        ls = "--" if name in ("placebo", "oracle_map", "oracle_score") else "-"
-        for ax, (key, _) in zip(axes, panels):
-            for seed_curve in v_of[key]:
-                ax.plot(steps[name], seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
-            mean = trailing_mean(v_of[key].mean(0), 5)
-            ax.plot(steps[name], mean, color=f"C{i}", lw=1.6, ls=ls, label=name)
-    for ax, (_, t) in zip(axes, panels):
-        ax.set(xlabel="RL step", title=t)
-    axes[0].legend(fontsize=7)
+                        for k in ("reward", "gold")}  # fmt: skip
+    groups = {}  # algorithm prefix ("" = the first algorithm) → its arms, in order
+    for name in series:
+        p = next((q for q in ("pg_", "refl_") if name.startswith(q)), "")
+        groups.setdefault(p, []).append(name)
+    panels = [("reward", "proxy: the reward it optimised ↑"), ("gold", "gold (mean label map vs HR) ↓"),
+              ("delta", "gold − its placebo's, same batches ↓")]  # fmt: skip
+    fig, axes = plt.subplots(len(groups), 3, figsize=(16.5, 3.6 * len(groups)), squeeze=False)
+    for row, (p, names) in zip(axes, groups.items()):
+        algo = p[:-1] or cfg.algos[0]
+        for i, name in enumerate(names):
+            arm, v_of = name.removeprefix(p), series[name]
+            if p + "placebo" in series:
+                v_of["delta"] = v_of["gold"] - series[p + "placebo"]["gold"]
+            ls = "--" if arm in ("placebo", "oracle_map", "oracle_score") else "-"
+            for ax, (key, _) in zip(row, panels):
+                if key not in v_of or (key == "reward" and arm == "placebo"):  # random numbers: no proxy
+                    continue
+                for seed_curve in v_of[key]:
+                    ax.plot(steps[name], seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
+                mean = trailing_mean(v_of[key].mean(0), 5)
+                ax.plot(steps[name], mean, color=f"C{i}", lw=1.6, ls=ls, label=arm)
+        for ax, (_, t) in zip(row, panels):
+            ax.set(xlabel="RL step", title=f"{algo}: {t}")
+        row[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
-    # Fig. 1c: for each shown crop, a row of images (LR, every arm's SR, HR) and below it the gold judge's map
-    # of each SR: the artifacts themselves stay visible, and the map says where the judge sees them.
+    # Fig. 1c: the crops where the arms differ most (largest spread of per-crop gold over the arms): a row of
+    # images (LR, SFT, every RL arm's SR, HR) and below it each SR's difference from SFT's, ×4 and centred
+    # on grey, so that the local changes RL made — and the artifacts it painted — are visible.
     hr, lr, srs = shown
-    idx = torch.linspace(0, len(hr) - 1, cfg.n_show).round().long()  # spread over clean and degraded halves
+    golds = torch.stack([label_map(s, hr).mean((1, 2, 3)) for s in srs.values()])  # (arms, crops)
+    idx = golds.std(0).argsort(descending=True)[: cfg.n_show].sort().values
+    names = ["sft"] + [n for n in srs if n not in ("sft", "bicubic")]
+    gold_of = dict(zip(srs, golds))  # arm → per-crop gold
     rows = []
-    for i in idx.tolist():  # two grid rows per crop: the images, then their gold maps (LR / HR cells empty)
-        maps = {n: label_map(s[i : i + 1], hr[i : i + 1])[0] for n, s in srs.items()}
-        rows.append([(data.upsample(lr[i : i + 1], "nearest")[0], "LR")] + [(s[i], "") for s in srs.values()])
+    for i in idx.tolist():
+        rows.append([(data.upsample(lr[i : i + 1], "nearest")[0], "LR")] + [(srs[n][i], "") for n in names])
         rows[-1].append((hr[i], "HR"))
-        rows.append([(None, "")] + [(m, f"gold {m.mean():.3f}") for m in maps.values()] + [(None, "")])
-    image_grid(plt, ["LR"] + list(srs) + ["HR"], rows, os.path.join(out_dir, "samples.png"))
+        diffs = [((srs[n][i] - srs["sft"][i]) * 4 + 0.5).clamp(0, 1) if n != "sft" else None for n in names]
+        rows.append([(None, "")] + [(d, f"gold {gold_of[n][i]:.3f}") for d, n in zip(diffs, names)])
+        rows[-1].append((None, ""))
+    image_grid(plt, ["LR"] + names + ["HR"], rows, os.path.join(out_dir, "samples.png"))
+    # What a high proxy bought: each algorithm's global arm, its most-rewarded held-out sample (RM_0, the
+    # proxy it optimised) beside its gold map, then SFT's sample of the same crop and its gold map.
+    rows, dev = [], next(rms[0].parameters()).device
+    proxy = lambda x: rms[0](x.to(dev))[0].cpu()  # noqa: E731
+    for g in (n for n in srs if n.removeprefix("pg_").removeprefix("refl_") == "global"):
+        i = int(proxy(srs[g]).argmax())
+        row = []
+        for n in (g, "sft"):
+            m = label_map(srs[n][i : i + 1], hr[i : i + 1])[0]
+            row += [
+                (srs[n][i], f"{n}: RM_0 {float(proxy(srs[n][i : i + 1])):.3f}"),
+                (m, f"gold {m.mean():.3f}"),
+            ]
+        rows.append(row + [(hr[i], "HR")])
+    if rows:
+        titles = ["most-rewarded sample", "its gold map", "SFT, same crop", "its gold map", "HR"]
+        image_grid(plt, titles, rows, os.path.join(out_dir, "hacked.png"))
     # RM maps on held-out FGR examples: image | label map | RM_1 … RM_N maps.
     order = val["dmap_syn"].mean((1, 2, 3)).argsort(descending=True)
     pick = order[torch.linspace(0, len(order) // 2, cfg.n_show).long()]  # clear cases, not only the easiest
@@ -187,7 +219,8 @@ def report_text(cfg, dev, t_all, t_train, found, k_se, table, rm_rows, pol_rows,
     return f"""# FinPercep-RM in the toy world: the comparison of method.md §6
 
 Generated by `python evaluate.py` in {t_all / 60:.1f} min ({t_train / 60:.1f} min training) on {dev};
-{cfg.arm_steps} RL steps per arm, {cfg.n_seeds} training seeds per RL arm, algorithm {cfg.algo}.
+{cfg.arm_steps} RL steps per arm, {cfg.n_seeds} training seeds per RL arm, algorithms {", ".join(cfg.algos)}
+(arms of the first by their plain names, the others' prefixed with the algorithm).
 
 ## Verdicts (generated from the numbers below by `evaluate.verdicts`)
 {chr(10).join(lines)}
@@ -226,7 +259,9 @@ quality (what the RL advantage compares). The global arm's policy is the one tha
 ## Figures
 ![training curves](curves.png)
 
-![samples: LR, every arm, HR; below each SR its gold degradation map](samples.png)
+![where the arms differ most: every arm's SR; below each, its difference from SFT's, ×4](samples.png)
+
+![what a high proxy bought: the global arm's most-rewarded sample, its gold map; SFT's](hacked.png)
 
 ![RM maps on held-out examples](rm_maps.png)
 

@@ -99,7 +99,8 @@ class Config:
     # random walk cost 0.024 of gold (spread 0.038); at 1 it stays at SFT's while the oracle gains 2.7 SE.
     beta_kl: float = 1.0  # KL to the SFT policy on step means (pg); 0 = no anchor
     # λ_sft, the supervised loss as a regulariser; −1 = the algorithm's own: pg 0 (worse at every weight,
-    lam_sft: float = -1.0  # README "The anchor"), refl 1 (ImageReward's: without it images degrade)
+    # README "The anchor"), refl 3 (ImageReward's regulariser, weight swept against ReFL's placebo and oracle)
+    lam_sft: float = -1.0  # the supervised regulariser's weight; −1 = the algorithm's own (pg 0, refl 3)
     lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
     refl_last: int = 3  # refl: stop at one of the last refl_last steps (ImageReward: steps 30–39 of 40)
     refl_c: float = 1.0  # refl: relu(c − reward); scores live in [0, 1], so c = 1 is "always push up"
@@ -386,8 +387,8 @@ def ppo_pass(policy, ref, traj, lr_g, hr, lr, adv, ks, cfg, clip):
 
 
 def sft_weight(cfg) -> float:
-    """λ_sft of --lam_sft: −1 resolves to the algorithm's own weight (pg 0, refl 1, the Config's comment)."""
-    return cfg.lam_sft if cfg.lam_sft >= 0 else float(cfg.algo == "refl")
+    """λ_sft of --lam_sft: −1 resolves to the algorithm's own weight (pg 0, refl 3, the Config's comment)."""
+    return cfg.lam_sft if cfg.lam_sft >= 0 else 3.0 * (cfg.algo == "refl")
 
 
 def log_row(step, stage, weights, stats, share, cfg, main_rank) -> dict:

@@ -1,6 +1,8 @@
 """Train the reward model FinPercep-RM stage by stage: RM_0 (global IQA) → RM_1 → … → RM_N.
 
-    python train_rm.py                                  # CPU defaults, built-in photos, ~3 minutes
+    python train_rm.py                                  # CPU defaults: RM_1 … RM_N on the shipped base
+    python train_rm.py --base=none --preset=scratch     # RM_0 too, from nothing (the pre-base recipe)
+    python train_rm.py --preset=pretrain --out_dir=out/base   # the base itself (weights/rm_base: ~1 h)
     python train_rm.py --policy=out/rl/policy_sft       # + the SFT policy's own samples in the SR zoo
     python train_rm.py --device=cuda --preset=gpu       # a real run on one GPU
     torchrun --standalone --nproc_per_node=8 train_rm.py --preset=gpu    # 8 GPUs (DDP; effective batch ×8)
@@ -9,19 +11,25 @@
 What happens (method.md §2, §3, §5):
 1. RM_0, a plain global IQA (encoder + score head, no decoder), learns to rank FGR triplets
    (S_SR < S_syn < S_GT, L_rank) and to regress the gold global quality 1 − mean(label map) (L_gold, ours:
-   ranking alone fixes the order, not the scale). It becomes S_base, the frozen anchor of L_align.
+   ranking alone fixes the order, not the scale). As the paper starts from a pretrained IQA network, a run
+   starts from the shipped base, weights/rm_base (every stage, trained once by --preset=pretrain); its RM_0 is
+   S_base, L_align's frozen anchor. (--base=none: from scratch.)
 2. RM_k (k ≥ 1) is grown from RM_{k−1} (progressive parameter expansion: one finer decoder level, function-
-   preserving at creation) and trained with L_map + L_rank + L_align (+ L_gold) on harder triplets — smaller
-   regions, subtler artifacts — as curriculum.py's rm_difficulty(k) says.
+   preserving at creation; with a base, it is the base's RM_k) and trained with L_map + L_rank + L_align
+   (+ L_gold) on harder triplets — smaller regions, subtler artifacts — as curriculum.rm_difficulty(k) says.
 3. After each stage, one validation table on a fixed held-out set (held-out photos, fixed difficulty, the
    same set for every stage, so rows compare).
 Writes out_dir/rm_stage{k}/ for every k, metrics.jsonl (phase "rm"), config.json, state.pt (resume).
 """
 
 import copy
+import functools
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -56,15 +64,17 @@ class Config:
     policy: str = ""  # policy dir(s), comma-separated: their samples join the zoo and L_group (policy_bank)
     seed: int = 0  # one seed for data, init and validation set: runs are reproducible
     device: str = "auto"  # auto = cuda when present
-    preset: str = "cpu"  # cpu | gpu: named defaults below
+    preset: str = "cpu"  # cpu | gpu | scratch | pretrain: named defaults below
     resume: bool = False  # continue from out_dir/state.pt
+    # The pretrained base: a train_rm out_dir whose stages this run's start from (its RM_0 is S_base).
+    base: str = "weights/rm_base"  # none = from scratch; a relative path missing here is read from the repo
     n_stages: int = 3  # N: RM_0 … RM_N; each later stage adds one finer decoder level
     widths: tuple = (12, 24, 48, 96)  # encoder widths (stem + N levels); total stride 2**N = 8
     crop: int = 64  # HR crop size (the acceptance checks use 64×64)
     batch: int = 16  # triplets per step: 3 × batch images per forward
-    # Steps per stage RM_0 … RM_N. RM_0 (global ranking) anchors every later stage; the last stage gets the
+    # Steps per stage RM_0 … RM_N. RM_0 is the shipped base (0 steps on top of it); the last stage gets the
     # most, since its full-resolution map is what RL reads and the middle stages only pass on a coarser map.
-    stage_steps: tuple = (120, 60, 60, 150)  # AdamW steps of RM_0 … RM_N
+    stage_steps: tuple = (0, 60, 60, 200)  # AdamW steps of RM_0 … RM_N
     # Crop augmentation of the RM's training photos (images.ImagePool.augment): each crop is zoomed out by up
     # to 1 + augment, flipped/rotated and its colour channels permuted. 0 = the photos as they are. Off by
     # default: measured within seed noise (README, "The reward model's levers, measured").
@@ -107,20 +117,23 @@ class Config:
             stage_steps=((lambda v: len(v) == n and min(v) >= 0), f"give {n} step counts ≥ 0 (RM_0 … RM_N)"),
             widths=((lambda v: len(v) == n and min(v) >= 1), f"give {n} widths ≥ 1 (stem + one per stage)"),
             augment=c.at_least(0), p_classical=c.UNIT, val_n=c.at_least(1), log_every=c.at_least(1),
-            ckpt_every=c.at_least(1),
-            bank=c.at_least(1), bank_group=c.at_least(2), bank_groups=c.at_least(0), drift_lr=c.POSITIVE,
-            amp=c.one_of("fp32", "bf16"),
+            ckpt_every=c.at_least(1), bank=c.at_least(1), bank_group=c.at_least(2), bank_groups=c.at_least(0),
+            drift_lr=c.POSITIVE, amp=c.one_of("fp32", "bf16"),
         )  # fmt: skip
 
 
 # GPU presets (train_rl's of the same names): gpu for a run of minutes, gpu_full at 256² (the RL policy's
 # output size) with a 2.7M-param RM; bf16 autocast, channels_last, TF32.
 FAST = {"amp": "bf16", "channels_last": True, "tf32": True}
+# scratch: the recipe before the base (~3 min). pretrain: the base, 15× scratch's steps on augmented crops
+# (how it was made and how long it took: weights/rm_base/rm_stage*/rm.json). The GPU presets' RMs have none.
 PRESETS = {
     "cpu": {},
-    "gpu": {**FAST, "crop": 128, "batch": 32, "stage_steps": (300, 150, 150, 400),
+    "scratch": {"base": "none", "stage_steps": (120, 60, 60, 150)},
+    "pretrain": {"base": "none", "stage_steps": (6000, 600, 600, 2000), "augment": 0.5, "val_n": 384},
+    "gpu": {**FAST, "base": "none", "crop": 128, "batch": 32, "stage_steps": (300, 150, 150, 400),
             "widths": (32, 64, 128, 192), "val_n": 128},
-    "gpu_full": {**FAST, "crop": 256, "batch": 32, "stage_steps": (600, 400, 400, 1000),
+    "gpu_full": {**FAST, "base": "none", "crop": 256, "batch": 32, "stage_steps": (600, 400, 400, 1000),
                  "widths": (48, 96, 192, 256), "val_n": 256},
 }  # fmt: skip
 
@@ -134,8 +147,9 @@ def main(cfg: Config) -> str:
     main_rank, rank = config.is_main(), config.rank()
     amp = config.amp_dtype(cfg.amp)
     config.fast_math(dev, cfg.tf32)
-    #### INPUTS first — data, held-out set, policy samples, resume state — so a run that fails on them leaves
-    #### whatever is in out_dir untouched; only then the log (rundir.open_log).
+    #### INPUTS first — the base, data, held-out set, policy samples, resume state — so a run that fails on
+    #### them leaves whatever is in out_dir untouched; only then the log (rundir.open_log).
+    base = load_base(cfg, dev)  # S_base: the frozen base, L_align's anchor (method.md §3); None: trained here
     pool = images.load_pool(cfg.data, "train", cfg.crop)
     pool.augment = cfg.augment  # the RM's crops only: SFT and RL draw theirs from pools of their own
     v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
@@ -145,32 +159,26 @@ def main(cfg: Config) -> str:
         g = config.generator("rm/policies", cfg.seed)
         pols = policies(cfg.policy, cfg.drifts, cfg.drift_lr, pool, cfg.crop, g, dev)
         hooks = [policy_member(pols)]
-        bank = policy_bank(
-            pols, pool, cfg.bank, cfg.bank_group, cfg.crop, config.generator("rm/bank", cfg.seed)
-        )
+        g = config.generator("rm/bank", cfg.seed)
+        bank = policy_bank(pols, pool, cfg.bank, cfg.bank_group, cfg.crop, g)
         if main_rank:
-            g = config.generator("rm/val_bank", cfg.seed)
-            v["policy"] = policy_bank(
-                pols, images.heldout_pool(cfg.data, cfg.crop), 16, cfg.bank_group, cfg.crop, g
-            )
+            g, held = config.generator("rm/val_bank", cfg.seed), images.heldout_pool(cfg.data, cfg.crop)
+            v["policy"] = policy_bank(pols, held, 16, cfg.bank_group, cfg.crop, g)
     st = rundir.resume_state(cfg)
     start_stage, start_step = (int(st["stage"]), int(st["step"])) if st else (0, 0)
     rows = json.loads(st["rows"]) if st else []  # the validation rows of the stages already done
 
     # On --resume the rows logged past the resumed step (before a kill) are dropped: each step appears once;
     # a finished stage keeps all its rows, its validation row too.
-    def keep(r):
-        return r["stage"] < start_stage or (
-            r["stage"] == start_stage and r["step"] < start_step and "val" not in r
-        )
-
+    keep = lambda r: r["stage"] < start_stage or (r["stage"] == start_stage and r["step"] < start_step
+                                                  and "val" not in r)  # noqa: E731  # fmt: skip
     log = rundir.open_log(cfg, "train_rm", keep if st else None)
     print(f"resuming at stage {start_stage}, step {start_step}") if st and main_rank else None
 
-    #### MODEL: RM_0 from a seed of its own (the same on every rank, whatever loading the inputs drew)
+    #### MODEL: RM_0 = the base's, or from a seed of its own (the same on every rank)
     torch.manual_seed(config.seed("rm/init", cfg.seed))
-    model = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
-    base = opt = None  # base: S_base = the frozen RM_0, L_align's anchor (method.md §3)
+    model, opt = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev), None
+    model = copy.deepcopy(base).requires_grad_(True) if base is not None else model  # a trainable copy
     nan, t0 = config.NanGuard("train_rm"), time.time()
     stage, resume_at = start_stage, start_step  # where a Ctrl-C would continue from
 
@@ -186,9 +194,11 @@ def main(cfg: Config) -> str:
     try:
         for stage in range(start_stage, cfg.n_stages + 1):
             #### GROWTH: RM_k from RM_{k-1}, one finer decoder level, function-preserving (method.md §5)
-            if stage > 0:
-                base = freeze(load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
-                model = grow(load_rm(os.path.join(cfg.out_dir, f"rm_stage{stage - 1}"), dev)).to(dev)
+            if stage > 0:  # (or the base's own RM_k, when it has one: grown when the base was pretrained)
+                base = base or freeze(load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
+                pre = os.path.join(base_dir(cfg), f"rm_stage{stage}") if cfg.base != "none" else ""
+                prev = os.path.join(cfg.out_dir, f"rm_stage{stage - 1}")
+                model = (load_rm(pre, dev) if os.path.isdir(pre) else grow(load_rm(prev, dev))).to(dev)
             model.train()
             if cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
@@ -242,9 +252,7 @@ def main(cfg: Config) -> str:
                     }
                     log.write(json.dumps(row) + "\n")
                     log.flush()
-                    bar.set_postfix(
-                        loss=f"{row['total']:.3f}", rank=f"{row['rank']:.3f}", map=f"{row['map']:.3f}"
-                    )
+                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("total", "rank", "map")})
                 resume_at = step + 1
                 if resume_at % cfg.ckpt_every == 0 and resume_at < n_steps:
                     save_state(stage, resume_at, model, opt)
@@ -253,16 +261,17 @@ def main(cfg: Config) -> str:
             if not main_rank:
                 config.barrier()
                 continue
-            #### STAGE DONE: save RM_k (and the crop it learned on: evaluate score tiles at it), validate it
-            save_rm(
-                model,
-                os.path.join(cfg.out_dir, f"rm_stage{stage}"),
-                {"trained_steps": n_steps, "crop": cfg.crop},
-            )
+            #### STAGE DONE: validate RM_k, save it (and the crop it learned on: evaluate score tiles at it)
             # The final stage also split by zoo member (validate's "members"): which artifacts it is blind to.
             name = data.member_name if stage == cfg.n_stages else None
             r = {"stage": stage, **validate(model.eval(), v, member_name=name)}
             members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
+            extra = {
+                "trained_steps": n_steps,
+                "crop": cfg.crop,
+                "made_by": provenance(model, r, time.time() - t0),
+            }
+            save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
             rows.append(r)
             row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
             log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
@@ -283,6 +292,49 @@ def main(cfg: Config) -> str:
     log.close()
     config.teardown()
     return cfg.out_dir
+
+
+def base_dir(cfg) -> str:
+    """--base as a path: one that does not exist from here is read from the repository, so the shipped
+    weights/rm_base is found from any working directory."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), cfg.base)
+    return cfg.base if os.path.isabs(cfg.base) or os.path.exists(cfg.base) else here
+
+
+def load_base(cfg, dev):
+    """The base's RM_0, frozen: S_base (None for --base=none, when RM_0 is trained here and becomes it)."""
+    if cfg.base == "none":
+        if cfg.stage_steps[0] == 0:
+            raise config.ConfigError("--base=none trains RM_0 here: give it steps, e.g. --preset=scratch")
+        return None
+    if not os.path.isdir(os.path.join(base_dir(cfg), "rm_stage0")):
+        raise config.ConfigError(f"--base={cfg.base} holds no rm_stage0/: pass a train_rm out_dir, or none")
+    base = freeze(load_rm(os.path.join(base_dir(cfg), "rm_stage0"), dev))
+    want = (tuple(cfg.widths), cfg.n_stages)
+    if base.stage != 0 or (base.cfg.widths, base.n_stages) != want:
+        got = f"an RM_{base.stage} with widths {base.cfg.widths}, n_stages {base.n_stages}"
+        raise config.ConfigError(f"--base={cfg.base} is {got}; this run wants an RM_0 with widths {want[0]},"
+                                 f" n_stages {want[1]}: pass matching --widths or --base=none")  # fmt: skip
+    return base
+
+
+def provenance(model, row: dict, wall_s: float) -> dict:
+    """What every RM stage's rm.json records: the command and commit that made it, the run's wall time so far,
+    its held-out numbers, its scores on a fixed small set (base_check_set: tests/test_base.py checks them)."""
+    git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
+    with torch.no_grad():
+        scores = model(base_check_set().to(next(model.parameters()).device))[0]
+    return {"command": " ".join(["python", *sys.argv]), "commit": commit or "unknown", "heldout": row,
+            "wall_s": round(wall_s, 1), "threads": torch.get_num_threads(),
+            "check_scores": [round(float(x), 6) for x in scores]}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def base_check_set() -> torch.Tensor:
+    """8 fixed held-out images (4 triplets' I_GT and I_SR, 64 px): each stage records its scores of them."""
+    v = make_val_set("builtin", 4, 64, 0)
+    return torch.cat([v["gt"], v["sr"]])
 
 
 def losses(net, batch, base, bank, stage: int, cfg, area: float, g):

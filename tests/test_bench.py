@@ -49,7 +49,7 @@ def test_main_prints_rows_and_writes_json(tmp_path, capsys):
     }  # fmt: skip
     # refl at B = 1: `stop` no-grad forwards (stop in K − refl_last … K − 1: 0 or 1 here), the step with grad,
     # RM_0's reward backpropagated into the image, RM_3 logged, and the supervised regulariser (lam_sft = −1:
-    # refl's own weight 1), one more UNet forward+backward at the batch.
+    # refl's own weight 3), one more UNet forward+backward at the batch.
     work = dict(cpu["refl"]["work"])
     assert work.pop("unet fwd@1×32²", 0) in (0, 1)
     assert work == {"rm0 fwd+bwd@1×32²": 1, "rm3 fwd@1×32²": 1, "unet fwd+bwd@1×32²": 2}

@@ -25,6 +25,18 @@ def test_ccl_fixed_table(step, want):
     assert [w for _, w in got] == pytest.approx([w for _, w in want])
 
 
+def test_blend_scales_with_a_short_run():
+    # evaluate's 40 steps: starts 0, 16, 24, 32; the 10-step blend is capped at half a stage (4 steps), so
+    # every stage, RM_N included, ends at full weight (hand-computed: 32 → 1/4 of RM_3, 35 → RM_3 alone).
+    s = Schedule("ccl", 3, 40, blend=10)
+    assert s.starts == [0, 16, 24, 32] and s.blend == 4
+    assert s.at(16) == pytest.approx([(0, 0.75), (1, 0.25)])
+    assert s.at(23) == [(1, 1.0)] and s.at(31) == [(2, 1.0)]
+    assert s.at(32) == pytest.approx([(2, 0.75), (3, 0.25)])
+    assert s.at(35) == s.at(39) == [(3, 1.0)]
+    assert Schedule("ccl", 3, 100, blend=10).blend == 10  # long runs keep the blend asked for
+
+
 def test_ablation_modes():
     for step in (0, 45, 99):
         assert Schedule("none", 3, 100).at(step) == [(3, 1.0)]

@@ -29,7 +29,7 @@ TINY = dict(
     eval_crop=32,
     n_show=2,
     rm_steps=(2, 2, 2, 2),
-    rm_args="--widths=4,8,8,8 --crop=32 --batch=2 --val_n=4 --log_every=1",
+    rm_args="--base=none --widths=4,8,8,8 --crop=32 --batch=2 --val_n=4 --log_every=1",
     rl_args="--crop=32 --sft_batch=2 --batch=1 --group=2 --sample_steps=2 --unet_channels=8,16 --blend=1",
     n_seeds=2,  # the smallest count with a standard error
 )
@@ -103,7 +103,11 @@ def test_verdicts_by_hand():
     r["global"]["proxy0"] = [0.50, 0.52, 0.48]  # the proxy did not move beyond noise
     r["global"]["gold"] = [0.23, 0.24, 0.22]
     assert evaluate.verdicts(r, {"placebo", "global"})[evaluate.HACK_CLAIM][0] == "within noise"
-    assert len(v) == 2  # claims whose arms did not run are not decided
+    assert len(v) == 3  # claims whose arms did not run are not decided
+    # a second algorithm's arms carry its prefix, and its claims its tag; SFT is shared
+    r.update({f"refl_{a}": r[a] for a in ("placebo", "global", "oracle_map")})
+    v = evaluate.verdicts(r, {"placebo", "global", "refl_placebo", "refl_global"}, ("", "refl_"))
+    assert v["refl: " + evaluate.HACK_CLAIM] == v[evaluate.HACK_CLAIM] and len(v) == 6
 
 
 def test_run_once_reuses_only_finished_matching_fresh_runs(tmp_path):
@@ -159,25 +163,41 @@ def eval_dir(tmp_path_factory):
 def test_controls_all_adds_the_global_ceiling_and_coevolution():
     default = [name for name, _, _ in evaluate.arm_list(evaluate.Config())]
     every = {name: kw for name, _, kw in evaluate.arm_list(evaluate.Config(controls="all"))}
-    assert set(every) - set(default) == {"oracle_score", "ccl_coevolve"}
+    assert set(every) - set(default) == {
+        "oracle_score",
+        "ccl_coevolve",
+        "refl_oracle_score",
+        "refl_ccl_coevolve",
+    }
+    assert [a for a in default if not a.startswith("refl_")] == list(
+        evaluate.ARMS
+    )  # pg's arms keep their names
     assert every["ccl_coevolve"] == {"reward": "rm", "curriculum": "ccl", "coevolve": True}
     assert every["oracle_score"] == {"reward": "gold", "curriculum": "global"}
 
 
 def test_main_writes_report_results_and_figures(eval_dir):
-    for f in ("report.md", "results.json", "curves.png", "samples.png", "rm_maps.png", "config.json"):
+    for f in (
+        "report.md",
+        "results.json",
+        "curves.png",
+        "samples.png",
+        "hacked.png",
+        "rm_maps.png",
+        "config.json",
+    ):
         assert os.path.isfile(os.path.join(eval_dir, f)), f
     arms = ("placebo", "global", "none", "ccl", "oracle_map")  # the default arms (--controls=default)
     for run in (
         "sft/policy_sft",
         "rm/rm_stage3",
-        *(f"rl_pg_{a}_s{s}/policy_final" for a in arms for s in (0, 1)),
+        *(f"rl_{algo}_{a}_s{s}/policy_final" for algo in ("pg", "refl") for a in arms for s in (0, 1)),
     ):
         assert os.path.isdir(os.path.join(eval_dir, "work", run)), run
     # results.json, the contract: every RL arm has one value per seed, bicubic and SFT one; verdicts named
     res = json.load(open(os.path.join(eval_dir, "results.json")))
     assert res["n_seeds"] == 2 and res["wall_s"] > 0
-    assert set(res["arms"]) == {"bicubic", "sft", *arms}
+    assert set(res["arms"]) == {"bicubic", "sft", *arms, *(f"refl_{a}" for a in arms)}  # pg's plain, ReFL's
     for name, m in res["arms"].items():
         for key in ("gold", "psnr", "ssim", "proxy0", "proxyN"):
             assert len(m[key]) == (1 if name in ("bicubic", "sft") else 2), (name, key)
@@ -185,6 +205,8 @@ def test_main_writes_report_results_and_figures(eval_dir):
     claims = res["verdicts"]
     assert evaluate.HACK_CLAIM in claims and "RM_N + CCL beats the global reward on gold" in claims
     assert "RL works: the oracle (gold map) beats SFT on gold" in claims
+    assert "refl: " + evaluate.HACK_CLAIM in claims and "refl: RM_N + CCL beats the placebo on gold" in claims
+    assert json.load(open(os.path.join(eval_dir, "work", "rl_refl_ccl_s1", "config.json")))["algo"] == "refl"
     text = open(os.path.join(eval_dir, "report.md")).read()
     for arm in ("| sft |", "| placebo |", "| oracle_map |", "| ccl |", "| RM_0 |", "| RM_3 |", "skipped"):
         assert arm in text, arm

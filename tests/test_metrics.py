@@ -87,3 +87,13 @@ def test_label_map_shape_mismatch_is_clear_error(pair):
     sr, hr = pair
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.label_map(sr, hr[..., :40])
+
+
+def test_map_calibration_hand_computed():
+    from metrics import map_calibration
+
+    label = torch.tensor([0.0, 0.05, 0.2, 0.6]).view(1, 1, 2, 2)  # degraded region: the last two (> 0.1)
+    assert map_calibration(label, label) == pytest.approx(1.0)
+    faint = torch.tensor([0.9, 0.9, 0.1, 0.1]).view(1, 1, 2, 2)  # bright outside, faint inside the region
+    assert map_calibration(faint, label) == pytest.approx(0.1 / 0.4)
+    assert map_calibration(faint, torch.zeros_like(label)) != map_calibration(faint, torch.zeros_like(label))

@@ -16,7 +16,9 @@ from metrics import label_map
 from policy import PolicyConfig, load_policy, make_policy
 from rm import FinPercepRM, RMConfig, freeze, load_rm
 
-TINY_RM = dict(widths=(4, 8, 8, 8), crop=32, batch=2, stage_steps=(2, 2, 2, 2), val_n=4, log_every=1)
+TINY_RM = dict(
+    base="none", widths=(4, 8, 8, 8), crop=32, batch=2, stage_steps=(2, 2, 2, 2), val_n=4, log_every=1
+)
 TINY_RL = dict(
     crop=32,
     sft_steps=2,

@@ -21,7 +21,9 @@ import train_rl
 import train_rm
 from policy import PolicyConfig, load_policy, make_policy, save_policy
 
-TINY_RM = dict(widths=(4, 8, 8, 8), crop=32, batch=2, stage_steps=(2, 2, 2, 2), val_n=4, log_every=1)
+TINY_RM = dict(
+    base="none", widths=(4, 8, 8, 8), crop=32, batch=2, stage_steps=(2, 2, 2, 2), val_n=4, log_every=1
+)
 TINY_RL = dict(
     crop=32, sft_steps=2, sft_batch=2, steps=2, batch=1, group=2, sample_steps=2, unet_channels=(8, 16)
 )
