@@ -103,11 +103,11 @@ def test_verdicts_by_hand():
     r["global"]["proxy0"] = [0.50, 0.52, 0.48]  # the proxy did not move beyond noise
     r["global"]["gold"] = [0.23, 0.24, 0.22]
     assert evaluate.verdicts(r, {"placebo", "global"})[evaluate.HACK_CLAIM][0] == "within noise"
-    assert len(v) == 3  # claims whose arms did not run are not decided
+    assert len(v) == 2  # claims whose arms did not run are not decided
     # a second algorithm's arms carry its prefix, and its claims its tag; SFT is shared
     r.update({f"refl_{a}": r[a] for a in ("placebo", "global", "oracle_map")})
     v = evaluate.verdicts(r, {"placebo", "global", "refl_placebo", "refl_global"}, ("", "refl_"))
-    assert v["refl: " + evaluate.HACK_CLAIM] == v[evaluate.HACK_CLAIM] and len(v) == 6
+    assert v["refl: " + evaluate.HACK_CLAIM] == v[evaluate.HACK_CLAIM] and len(v) == 4
 
 
 def test_run_once_reuses_only_finished_matching_fresh_runs(tmp_path):
