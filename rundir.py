@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 from contextlib import contextmanager
 
 import torch
@@ -173,3 +174,10 @@ def check_finite(module: torch.nn.Module, what: str, fix: str) -> None:
     """A one-line error instead of writing a checkpoint with NaN/Inf weights (one host sync per save)."""
     if not all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()):
         raise SystemExit(f"error: {what} has non-finite weights; not saved. {fix}")
+
+
+def git_commit() -> str:
+    """The repository's HEAD ("unknown" outside a git checkout), read when a run starts: the run's code."""
+    git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]
+    out = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
+    return out or "unknown"

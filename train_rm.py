@@ -27,8 +27,6 @@ import functools
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -179,7 +177,7 @@ def main(cfg: Config) -> str:
     torch.manual_seed(config.seed("rm/init", cfg.seed))
     model, opt = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev), None
     model = copy.deepcopy(base).requires_grad_(True) if base is not None else model  # a trainable copy
-    nan, t0 = config.NanGuard("train_rm"), time.time()
+    nan, t0, commit = config.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
     stage, resume_at = start_stage, start_step  # where a Ctrl-C would continue from
 
     # state.pt: where to go on (stage, step), the finished stages' validation rows, and — inside a stage — its
@@ -269,7 +267,7 @@ def main(cfg: Config) -> str:
             extra = {
                 "trained_steps": n_steps,
                 "crop": cfg.crop,
-                "made_by": provenance(model, r, time.time() - t0),
+                "made_by": provenance(model, r, t0, commit),
             }
             save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
             rows.append(r)
@@ -318,15 +316,13 @@ def load_base(cfg, dev):
     return base
 
 
-def provenance(model, row: dict, wall_s: float) -> dict:
+def provenance(model, row: dict, t0: float, commit: str) -> dict:
     """What every RM stage's rm.json records: the command and commit that made it, the run's wall time so far,
     its held-out numbers, its scores on a fixed small set (base_check_set: tests/test_base.py checks them)."""
-    git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     with torch.no_grad():
         scores = model(base_check_set().to(next(model.parameters()).device))[0]
-    return {"command": " ".join(["python", *sys.argv]), "commit": commit or "unknown", "heldout": row,
-            "wall_s": round(wall_s, 1), "threads": torch.get_num_threads(),
+    return {"command": " ".join(["python", *sys.argv]), "commit": commit, "heldout": row,
+            "wall_s": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
             "check_scores": [round(float(x), 6) for x in scores]}  # fmt: skip
 
 
