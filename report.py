@@ -5,10 +5,11 @@ and report.md — made from the numbers evaluate.py computed, never the other wa
     text = report.report_text(cfg, ...)                     # report.md
 
 What a reader should see (method.md "The honest toy world"):
-- curves.png: one row per algorithm; per RL step the proxy each arm optimised (its `reward`: the RM stage(s)
-  the curriculum gave it, the gold score for the oracle), the gold judge, and gold minus the placebo's; one
-  faint line per training seed and their mean bold; the controls dashed. Reward hacking is a proxy curve
-  that rises while the gold curve does not fall.
+- curves.png: one row per algorithm; per RL step the proxy each arm optimised (the RM stage it ends on — RM_0
+  for global, RM_N otherwise — scoring its samples) minus the placebo's score by the same stage, the gold
+  judge, and gold minus the placebo's: the paired differences take out the batch, which every arm of a seed
+  shares. One faint line per training seed, their mean bold; the controls dashed. Reward hacking is a proxy
+  curve that rises while the gold curve rises too (lower gold is better).
 - samples.png: the held-out crops where the arms differ most: every arm's SR (LR, SFT and HR beside them)
   above its difference from SFT's SR (×4, so small local changes show).
 - hacked.png: per algorithm, the global arm's most-rewarded held-out sample (highest RM_0 score) beside its
@@ -135,24 +136,30 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
     for name, runs in ((n, r) for n, r in arms.items() if r[0][0]):  # RL arms only
         curves = [rl_rows(run_dir) for run_dir, _, _ in runs]  # one curve per training seed
         steps[name] = [x["step"] for x in curves[0]]
-        series[name] = {k: torch.tensor([[x[k] for x in c] for c in curves], dtype=torch.float64)
-                        for k in ("reward", "gold")}  # fmt: skip
+        # the proxy: the RM stage the arm optimised last, judged on its samples (RM_0 for global, else RM_N)
+        proxy = "reward0" if runs[0][2].curriculum == "global" else "reward_final"
+        series[name] = {k: torch.tensor([[x[kk] for x in c] for c in curves], dtype=torch.float64)
+                        for k, kk in (("proxy", proxy), ("proxy0", "reward0"), ("proxyN", "reward_final"),
+                                      ("gold", "gold"))}  # fmt: skip
     groups = {}  # algorithm prefix ("" = the first algorithm) → its arms, in order
     for name in series:
         p = next((q for q in ("pg_", "refl_") if name.startswith(q)), "")
         groups.setdefault(p, []).append(name)
-    panels = [("reward", "proxy: the reward it optimised ↑"), ("gold", "gold (mean label map vs HR) ↓"),
+    panels = [("dproxy", "proxy (RM_0 for global, else RM_N) − the placebo's ↑"),
+              ("gold", "gold (mean label map vs HR) ↓"),
               ("delta", "gold − its placebo's, same batches ↓")]  # fmt: skip
     fig, axes = plt.subplots(len(groups), 3, figsize=(16.5, 3.6 * len(groups)), squeeze=False)
     for row, (p, names) in zip(axes, groups.items()):
         algo = p[:-1] or cfg.algos[0]
         for i, name in enumerate(names):
             arm, v_of = name.removeprefix(p), series[name]
-            if p + "placebo" in series:
-                v_of["delta"] = v_of["gold"] - series[p + "placebo"]["gold"]
+            if p + "placebo" in series:  # paired with the placebo on the same batches: the batch cancels
+                pl = series[p + "placebo"]
+                v_of["delta"] = v_of["gold"] - pl["gold"]
+                v_of["dproxy"] = v_of["proxy"] - pl["proxy0" if "global" in name else "proxyN"]
             ls = "--" if arm in ("placebo", "oracle_map", "oracle_score") else "-"
             for ax, (key, _) in zip(row, panels):
-                if key not in v_of or (key == "reward" and arm == "placebo"):  # random numbers: no proxy
+                if key not in v_of:
                     continue
                 for seed_curve in v_of[key]:
                     ax.plot(steps[name], seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)

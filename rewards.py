@@ -101,11 +101,13 @@ def reward_and_map(source, weights, sr, hr_g, lr_g, step: int, cfg):
 
 
 @torch.no_grad()
-def judges(final_rm, sr, hr) -> dict:
+def judges(rms, sr, hr) -> dict:
     """A step's samples through the judges: RM_N's score (reward_final, comparable across the run and across
-    reward sources), the gold judge (label map vs HR, lower = better) and PSNR-Y. 0-dim tensors."""
+    reward sources), RM_0's (reward0: the global arm's proxy, judged alike in every arm), the gold judge
+    (label map vs HR, lower = better) and PSNR-Y. 0-dim tensors."""
     return {
-        "reward_final": final_rm(sr)[0].mean(),
+        "reward_final": rms[-1](sr)[0].mean(),
+        "reward0": rms[0](sr)[0].mean(),
         "gold": label_map(sr, hr).mean(),
         "psnr": psnr_y(sr, hr).mean(),
     }

@@ -309,7 +309,7 @@ def main(cfg: Config) -> str:
                          "reward_var": r.var(unbiased=False)}  # fmt: skip
             #### STEP: clip the gradient, judge the samples, and — if everything is finite — step
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
-            stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **judges(rms[-1], sr, hr_g)}
+            stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **judges(rms, sr, hr_g)}
             stats = config.mean_over_ranks(stats)  # one all-reduce: every rank takes the same decisions
             # The host sync of the step: is it finite? The cause named when not: the reward, or the step size.
             finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(stats["grad_norm"]))

@@ -43,16 +43,16 @@ def test_main_prints_rows_and_writes_json(tmp_path, capsys):
     # The work of a pg step at ccl stage 0, counted by hand from train_rl.main: K = 2 rollout forwards at
     # B·G = 2 (x_t + up(LR): 6 channels); the one step above the σ floor (the last of K = 2 is never trained)
     # as a forward+backward, plus the KL anchor's no-grad forward (beta_kl > 0) at the same shape; RM_0's
-    # reward and RM_3's reward_final, one forward each.
+    # reward, then the judges: RM_3's reward_final and RM_0's reward0, one forward each.
     assert cpu["pg"]["work"] == {
-        "rm0 fwd@2×32²": 1, "rm3 fwd@2×32²": 1, "unet fwd+bwd@2×32²": 1, "unet fwd@2×32²": 3,
+        "rm0 fwd@2×32²": 2, "rm3 fwd@2×32²": 1, "unet fwd+bwd@2×32²": 1, "unet fwd@2×32²": 3,
     }  # fmt: skip
     # refl at B = 1: `stop` no-grad forwards (stop in K − refl_last … K − 1: 0 or 1 here), the step with grad,
-    # RM_0's reward backpropagated into the image, RM_3 logged, and the supervised regulariser (lam_sft = −1:
+    # RM_0's reward backpropagated into the image, RM_3 and RM_0 logged, and the supervised regulariser (−1:
     # refl's own weight 3), one more UNet forward+backward at the batch.
     work = dict(cpu["refl"]["work"])
     assert work.pop("unet fwd@1×32²", 0) in (0, 1)
-    assert work == {"rm0 fwd+bwd@1×32²": 1, "rm3 fwd@1×32²": 1, "unet fwd+bwd@1×32²": 2}
+    assert work == {"rm0 fwd+bwd@1×32²": 1, "rm0 fwd@1×32²": 1, "rm3 fwd@1×32²": 1, "unet fwd+bwd@1×32²": 2}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, --device=auto runs the gpu preset there")
