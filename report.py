@@ -138,9 +138,9 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
         steps[name] = [x["step"] for x in curves[0]]
         # the proxy: the RM stage the arm optimised last, judged on its samples (RM_0 for global, else RM_N)
         proxy = "reward0" if runs[0][2].curriculum == "global" else "reward_final"
-        series[name] = {k: torch.tensor([[x[kk] for x in c] for c in curves], dtype=torch.float64)
-                        for k, kk in (("proxy", proxy), ("proxy0", "reward0"), ("proxyN", "reward_final"),
-                                      ("gold", "gold"))}  # fmt: skip
+        series[name] = {k: torch.tensor([[x[k] for x in c] for c in curves], dtype=torch.float64)
+                        for k in ("reward0", "reward_final", "gold")}  # fmt: skip
+        series[name]["proxy"], series[name]["which"] = series[name][proxy], proxy
     groups = {}  # algorithm prefix ("" = the first algorithm) → its arms, in order
     for name in series:
         p = next((q for q in ("pg_", "refl_") if name.startswith(q)), "")
@@ -156,10 +156,10 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
             if p + "placebo" in series:  # paired with the placebo on the same batches: the batch cancels
                 pl = series[p + "placebo"]
                 v_of["delta"] = v_of["gold"] - pl["gold"]
-                v_of["dproxy"] = v_of["proxy"] - pl["proxy0" if "global" in name else "proxyN"]
+                v_of["dproxy"] = v_of["proxy"] - pl[v_of["which"]]  # the placebo's samples, by the same stage
             ls = "--" if arm in ("placebo", "oracle_map", "oracle_score") else "-"
             for ax, (key, _) in zip(row, panels):
-                if key not in v_of:
+                if key not in v_of or (key == "dproxy" and arm == "placebo"):  # its own difference: 0
                     continue
                 for seed_curve in v_of[key]:
                     ax.plot(steps[name], seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
