@@ -57,7 +57,7 @@ class Config:
     n_seeds: int = 3  # RL training seeds per arm: the verdicts need their spread (≥ 3; method.md)
     controls: str = "default"  # default (placebo + oracle_map) | all (+ oracle_score, ccl_coevolve)
     # pg (ours: map-based per-pixel penalties), refl (the paper's). The first's arms keep their plain names.
-    algos: tuple = ("pg", "refl")  # RL algorithms, each with every arm; the others' arms are '<algo>_<arm>'
+    algos: str = "pg,refl"  # RL algorithms, each with every arm; the others' arms are '<algo>_<arm>'
     from_scratch: bool = False  # train the RM without the shipped base (train_rm's scratch preset)
     arm_steps: int = 40  # RL steps per arm, THE budget knob (30 RL runs must fit the 20-minute CPU budget)
     sft_steps: int = 0  # SFT steps; 0 = train_rl's default for the preset
@@ -82,7 +82,7 @@ class Config:
         c.check(
             self,
             n_seeds=c.at_least(1), controls=c.one_of("default", "all"),
-            algos=((lambda v: len(v) > 0 and set(v) <= {"pg", "refl"} and len(set(v)) == len(v)),
+            algos=((lambda v: sorted(v.split(",")) in (["pg"], ["refl"], ["pg", "refl"])),
                    "give pg, refl or both, e.g. --algos=pg,refl"),
             arm_steps=c.at_least(1), sft_steps=c.at_least(0), eval_n=c.at_least(2),
             eval_crop=c.multiple_of(16), eval_degrade=c.UNIT, eval_seeds=c.at_least(1), n_show=c.at_least(1),
@@ -159,12 +159,12 @@ def arm_list(cfg: Config) -> list:
     """[(arm name, algo, train_rl overrides)]: the first algorithm's arms by their plain names, then each
     other algorithm's as '<algo>_<arm>'."""
     arms = {**ARMS, **(CONTROLS_ALL if cfg.controls == "all" else {})}
-    return [(prefix(cfg, algo) + a, algo, kw) for algo in cfg.algos for a, kw in arms.items()]
+    return [(p + a, algo, kw) for algo, p in prefixes(cfg).items() for a, kw in arms.items()]
 
 
-def prefix(cfg, algo: str) -> str:
-    """The arm-name prefix of an algorithm's arms: none for the first of --algos, else '<algo>_'."""
-    return "" if algo == cfg.algos[0] else f"{algo}_"
+def prefixes(cfg) -> dict:
+    """{algo: the arm-name prefix of its arms}: none for the first of --algos, else '<algo>_'."""
+    return {a: f"{a}_" if i else "" for i, a in enumerate(cfg.algos.split(","))}
 
 
 def train_all(cfg: Config, log: list):
@@ -195,7 +195,7 @@ def train_all(cfg: Config, log: list):
     for name, algo, kw in arm_list(cfg):
         arms[name] = []
         for seed in range(cfg.seed, cfg.seed + cfg.n_seeds):
-            out = os.path.join(work, f"rl_{algo}_{name.removeprefix(prefix(cfg, algo))}_s{seed}")
+            out = os.path.join(work, f"rl_{algo}_{name.removeprefix(prefixes(cfg)[algo])}_s{seed}")
             acfg = dataclasses.replace(rl, out_dir=out, init_policy=sft_policy, rm_dir=rm_dir, seed=seed)
             acfg = dataclasses.replace(acfg, algo=algo, steps=cfg.arm_steps, **kw)
             final = os.path.join(out, "policy_final")
@@ -405,7 +405,7 @@ def main(cfg: Config) -> str:
     rms = load_stages(rcfg.out_dir, dev)  # every stage, frozen
     iqa, iqa_msg = load_iqa(dev)
     results, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
-    found = verdicts(results, {n for n, r in arms.items() if r[0][0]}, [prefix(cfg, a) for a in cfg.algos])
+    found = verdicts(results, {n for n, r in arms.items() if r[0][0]}, list(prefixes(cfg).values()))
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
     val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
     rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import apply
+import config
 import evaluate
 import images
 import report
@@ -172,6 +173,10 @@ def test_controls_all_adds_the_global_ceiling_and_coevolution():
     assert [a for a in default if not a.startswith("refl_")] == list(
         evaluate.ARMS
     )  # pg's arms keep their names
+    alone = evaluate.arm_list(config.parse(evaluate.Config, ["--algos=refl"]))  # one algorithm: plain names
+    assert [(n, algo) for n, algo, _ in alone] == [(a, "refl") for a in evaluate.ARMS]
+    with pytest.raises(config.ConfigError, match="--algos"):
+        config.parse(evaluate.Config, ["--algos=pg,pg"])
     assert every["ccl_coevolve"] == {"reward": "rm", "curriculum": "ccl", "coevolve": True}
     assert every["oracle_score"] == {"reward": "gold", "curriculum": "global"}
 
