@@ -354,9 +354,13 @@ def validate(model, v: dict, batch: int = 64, member_name=None) -> dict:
         "map_calib": None,
     }
     if m_syn is not None:
-        r["map_l1"] = float((torch.cat([m_syn, m_sr]) - torch.cat([lab_syn, lab_sr])).abs().mean())
+        m, lab = (
+            torch.cat([m_syn, m_sr]),
+            torch.cat([lab_syn, lab_sr]),
+        )  # every degraded image's map and label
+        r["map_l1"] = float((m - lab).abs().mean())
         r["clean_map"] = float(m_gt.mean())  # false alarms on clean HR images
-        r["map_calib"] = map_calibration(torch.cat([m_syn, m_sr]), torch.cat([lab_syn, lab_sr]))
+        r["map_calib"] = map_calibration(m, lab)
     if "policy" in v:  # held-out policy samples (train_rm --policy): what RL will show this RM
         r.update(policy_metrics(model, v["policy"], batch))
     if member_name is not None:

@@ -121,45 +121,41 @@ def image_grid(plt, titles: list, rows: list, path: str) -> None:
 
 @torch.no_grad()
 def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
-    """curves.png (the paper's Fig. 1b), samples.png (Fig. 1c) and rm_maps.png in out_dir."""
+    """curves.png (the paper's Fig. 1b), samples.png (Fig. 1c), hacked.png and rm_maps.png in out_dir."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    # Fig. 1b, one row per algorithm: the proxy each arm optimised (its logged `reward`) and gold per RL step;
-    # each seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed. Every arm of
-    # a seed sees the same batches (seeded by seed and step), so the raw curves move together with the batch;
-    # the third panel takes that out: gold minus the same algorithm's placebo's, same seed, same step.
-    # series[arm][key]: (seeds, steps) of the RL arms' logged curves.
-    series, steps = {}, {}
+    # Fig. 1b, one row per algorithm: the proxy each arm optimised — the RM stage it ends on, RM_0 for global,
+    # RM_N otherwise, scoring its samples (logged as reward0 / reward_final) — and gold per RL step; each
+    # seed faint, the mean over seeds (trailing mean of 5 steps) bold; the controls dashed. Every arm of one
+    # seed sees the same batches (seeded by seed and step), so the raw curves move with the batch; the paired
+    # panels take that out: the arm minus the same algorithm's placebo, same seed, same step.
+    # series[arm][key]: (seeds, steps) of the RL arms' logged curves; groups: algorithm → its arms.
+    series, steps, proxy, groups = {}, {}, {}, {}
     for name, runs in ((n, r) for n, r in arms.items() if r[0][0]):  # RL arms only
         curves = [rl_rows(run_dir) for run_dir, _, _ in runs]  # one curve per training seed
         steps[name] = [x["step"] for x in curves[0]]
-        # the proxy: the RM stage the arm optimised last, judged on its samples (RM_0 for global, else RM_N)
-        proxy = "reward0" if runs[0][2].curriculum == "global" else "reward_final"
         series[name] = {k: torch.tensor([[x[k] for x in c] for c in curves], dtype=torch.float64)
                         for k in ("reward0", "reward_final", "gold")}  # fmt: skip
-        series[name]["proxy"], series[name]["which"] = series[name][proxy], proxy
-    groups = {}  # algorithm prefix ("" = the first algorithm) → its arms, in order
-    for name in series:
-        p = next((q for q in ("pg_", "refl_") if name.startswith(q)), "")
-        groups.setdefault(p, []).append(name)
+        proxy[name] = "reward0" if runs[0][2].curriculum == "global" else "reward_final"
+        groups.setdefault(runs[0][2].algo, []).append(name)
     panels = [("dproxy", "proxy (RM_0 for global, else RM_N) − the placebo's ↑"),
               ("gold", "gold (mean label map vs HR) ↓"),
               ("delta", "gold − its placebo's, same batches ↓")]  # fmt: skip
     fig, axes = plt.subplots(len(groups), 3, figsize=(16.5, 3.6 * len(groups)), squeeze=False)
-    for row, (p, names) in zip(axes, groups.items()):
-        algo = p[:-1] or cfg.algos.split(",")[0]
+    for row, (algo, names) in zip(axes, groups.items()):
+        placebo = next((n for n in names if arms[n][0][2].reward == "placebo"), None)
         for i, name in enumerate(names):
-            arm, v_of = name.removeprefix(p), series[name]
-            if p + "placebo" in series:  # paired with the placebo on the same batches: the batch cancels
-                pl = series[p + "placebo"]
+            arm, v_of = name.removeprefix(f"{algo}_"), series[name]
+            if placebo is not None and name != placebo:  # paired with the placebo on the same batches
+                pl = series[placebo]
                 v_of["delta"] = v_of["gold"] - pl["gold"]
-                v_of["dproxy"] = v_of["proxy"] - pl[v_of["which"]]  # the placebo's samples, by the same stage
+                v_of["dproxy"] = v_of[proxy[name]] - pl[proxy[name]]  # the placebo's samples, same stage
             ls = "--" if arm in ("placebo", "oracle_map", "oracle_score") else "-"
             for ax, (key, _) in zip(row, panels):
-                if key not in v_of or (key == "dproxy" and arm == "placebo"):  # its own difference: 0
+                if key not in v_of:
                     continue
                 for seed_curve in v_of[key]:
                     ax.plot(steps[name], seed_curve, color=f"C{i}", alpha=0.15, lw=0.7)
@@ -190,7 +186,10 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
     # proxy it optimised) beside its gold map, then SFT's sample of the same crop and its gold map.
     rows, dev = [], next(rms[0].parameters()).device
     proxy = lambda x: rms[0](x.to(dev))[0].cpu()  # noqa: E731
-    for g in (n for n in srs if n.removeprefix("pg_").removeprefix("refl_") == "global"):
+    hacked = [
+        n for n, r in arms.items() if r[0][0] and (r[0][2].reward, r[0][2].curriculum) == ("rm", "global")
+    ]
+    for g in hacked:  # the global arm of each algorithm: RM_0 was its reward
         i = int(proxy(srs[g]).argmax())
         row = []
         for n in (g, "sft"):

@@ -168,15 +168,21 @@ def main(cfg: Config) -> str:
 
     # On --resume the rows logged past the resumed step (before a kill) are dropped: each step appears once;
     # a finished stage keeps all its rows, its validation row too.
-    keep = lambda r: r["stage"] < start_stage or (r["stage"] == start_stage and r["step"] < start_step
-                                                  and "val" not in r)  # noqa: E731  # fmt: skip
+    def keep(r):
+        return r["stage"] < start_stage or (
+            r["stage"] == start_stage and r["step"] < start_step and "val" not in r
+        )
+
     log = rundir.open_log(cfg, "train_rm", keep if st else None)
     print(f"resuming at stage {start_stage}, step {start_step}") if st and main_rank else None
 
     #### MODEL: RM_0 = the base's, or from a seed of its own (the same on every rank)
     torch.manual_seed(config.seed("rm/init", cfg.seed))
-    model, opt = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev), None
-    model = copy.deepcopy(base).requires_grad_(True) if base is not None else model  # a trainable copy
+    if base is not None:  # a trainable copy of the frozen base
+        model = copy.deepcopy(base).requires_grad_(True)
+    else:
+        model = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
+    opt = None
     nan, t0, commit = config.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
     stage, resume_at = start_stage, start_step  # where a Ctrl-C would continue from
 
@@ -264,11 +270,7 @@ def main(cfg: Config) -> str:
             name = data.member_name if stage == cfg.n_stages else None
             r = {"stage": stage, **validate(model.eval(), v, member_name=name)}
             members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
-            extra = {
-                "trained_steps": n_steps,
-                "crop": cfg.crop,
-                "made_by": provenance(model, r, t0, commit),
-            }
+            extra = {"trained_steps": n_steps, "crop": cfg.crop, "made_by": provenance(model, r, t0, commit)}
             save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
             rows.append(r)
             row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
