@@ -92,7 +92,7 @@ class Config:
 
 
 # GPU presets: train_rm / train_rl switch to their presets of the same name too. gpu: sized to finish in
-# minutes on one H200 (README: pending a measurement); gpu_full: a long run (its time: README's estimate).
+# minutes on one H200 (docs/scaling.md: pending a measurement); gpu_full: a long run (its estimate: there).
 PRESETS = {"cpu": {}, "gpu": {"arm_steps": 200, "eval_n": 64, "eval_crop": 128},
            "gpu_full": {"arm_steps": 1000, "eval_n": 128, "eval_crop": 256}}  # fmt: skip
 # The RL arms: the reward source and curriculum each trains with (train_rl --reward / --curriculum).

@@ -85,7 +85,8 @@ def _load(cls, path: str, sub: str):
     """from_pretrained of one component; any failure (missing files, a broken config) is a one-line error.
 
     safetensors only: without use_safetensors=True diffusers falls back to a pickled .bin file, and this
-    project never unpickles. A download that has only .bin weights: convert it once yourself (README)."""
+    project never unpickles. A download that has only .bin weights: convert it once yourself
+    (docs/your-data.md)."""
     try:
         return cls.from_pretrained(os.path.join(path, sub), use_safetensors=True)
     except Exception as e:  # diffusers raises OSError / ValueError / EnvironmentError with long messages

@@ -149,10 +149,11 @@ def figures(cfg, arms, rms, shown, val, out_dir: str) -> None:
         placebo = next((n for n in names if arms[n][0][2].reward == "placebo"), None)
         for i, name in enumerate(names):
             arm, v_of = name.removeprefix(f"{algo}_"), series[name]
-            if placebo is not None and name != placebo:  # paired with the placebo on the same batches
+            if placebo is not None:  # paired with the placebo on the same batches (its own delta: the 0 line)
                 pl = series[placebo]
                 v_of["delta"] = v_of["gold"] - pl["gold"]
-                v_of["dproxy"] = v_of[proxy[name]] - pl[proxy[name]]  # the placebo's samples, same stage
+                if name != placebo:  # its proxy is random numbers: no proxy curve of its own
+                    v_of["dproxy"] = v_of[proxy[name]] - pl[proxy[name]]  # the placebo's samples, same stage
             ls = "--" if arm in ("placebo", "oracle_map", "oracle_score") else "-"
             for ax, (key, _) in zip(row, panels):
                 if key not in v_of:

@@ -230,8 +230,8 @@ def rank_loss(s_gt, s_syn, s_sr, m1: float = 0.05, m2: float = 0.05) -> torch.Te
 
 GROUP_SCORE = 20.0  # weight of L_group's score part beside its map part: gold gaps inside a group are ~0.01
 # λ_group, L_group's weight wherever the RM learns from policy samples: train_rm's default and co-evolution's
-# refresh (curriculum.CoEvolution). At 1 the policy samples crowded out the zoo in train_rm (README, "The
-# reward model's levers"); in co-evolution 0.3 and 1 gave the same gold (0.1834 vs 0.1835 ± 0.001, 3 seeds).
+# refresh (curriculum.CoEvolution). At 1 the policy samples crowded out the zoo in train_rm (the RM's levers,
+# docs/experiments.md); in co-evolution 0.3 and 1 gave the same gold (0.1834 vs 0.1835 ± 0.001, 3 seeds).
 LAM_GROUP = 0.3
 
 

@@ -95,11 +95,11 @@ class Config:
     fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
     lam1: float = 0.5  # fused reward weights
     lam2: float = 0.5  # (λ1 on the score, λ2 on 1 − smooth max of the map)
-    # The anchor, swept on the oracle-map and placebo arms (README "The anchor"): at β = 0 the placebo's
+    # The anchor, swept on the oracle-map and placebo arms (docs/experiments.md): at β = 0 the placebo's
     # random walk cost 0.024 of gold (spread 0.038); at 1 it stays at SFT's while the oracle gains 2.7 SE.
     beta_kl: float = 1.0  # KL to the SFT policy on step means (pg); 0 = no anchor
     # λ_sft, the supervised loss as a regulariser; −1 = the algorithm's own: pg 0 (worse at every weight,
-    # README "The anchor"), refl 3 (ImageReward's regulariser, weight swept against ReFL's placebo and oracle)
+    # docs/experiments.md), refl 3 (ImageReward's regulariser, weight swept against ReFL's placebo and oracle)
     lam_sft: float = -1.0  # the supervised regulariser's weight; −1 = the algorithm's own (pg 0, refl 3)
     lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
     refl_last: int = 3  # refl: stop at one of the last refl_last steps (ImageReward: steps 30–39 of 40)
@@ -125,7 +125,7 @@ class Config:
         )  # fmt: skip
 
 
-# GPU presets (README "Scale and speed"): bf16 autocast, channels_last, TF32. gpu: sized for evaluate.py
+# GPU presets (docs/scaling.md): bf16 autocast, channels_last, TF32. gpu: sized for evaluate.py
 # --preset=gpu to run in minutes on one H200 (pending a measurement); gpu_full: 256² HR (LR 64), a 66M UNet,
 # B·G = 64 with the recompute in chunks of 16 (the whole 64 at once ran out of memory on an H200).
 FAST = {"amp": "bf16", "channels_last": True, "tf32": True}

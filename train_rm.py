@@ -75,7 +75,7 @@ class Config:
     stage_steps: tuple = (0, 60, 60, 200)  # AdamW steps of RM_0 … RM_N
     # Crop augmentation of the RM's training photos (images.ImagePool.augment): each crop is zoomed out by up
     # to 1 + augment, flipped/rotated and its colour channels permuted. 0 = the photos as they are. Off by
-    # default: measured within seed noise (README, "The reward model's levers, measured").
+    # default: measured within seed noise (docs/experiments.md, "The reward model's levers").
     augment: float = 0.0  # crop zoom-out by up to 1 + augment, flips, channel order; 0 = off
     p_classical: float = 0.5  # share of classical upsamples (bicubic …) among I_SR: "blur is a defect"
     lr: float = 2e-3  # AdamW; small conv nets on tiny images tolerate a large rate
