@@ -15,7 +15,7 @@ What it measures, for each preset (train_rl.PRESETS: cpu | gpu) and each algorit
 3. The ideal step: those calls priced at their bare speed (the same modules, alone, on random inputs of the
    same shapes: "pure model compute"); efficiency = ideal / measured, per step.
 4. The data share: the CPU time of the batch draw (data.training_pairs) over the step time; on CUDA the draw
-   runs one step ahead in a thread (config.prefetch), so it overlaps the GPU and the share says how much.
+   runs one step ahead in a thread (scale.prefetch), so it overlaps the GPU and the share says how much.
 5. Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU the process's peak RSS so far.
 Prints a table per preset and lines `efficiency pg cpu 0.93`, writes out_dir/bench.json with every number.
 The per-sample ("naive") version of the pg update is no longer timed: tests/test_rl.py pins the batched
@@ -37,6 +37,7 @@ import torch
 import config
 import data
 import rundir
+import scale
 import train_rl
 import train_rm
 from policy import Policy, PolicyConfig, load_policy, make_policy, save_policy
@@ -91,7 +92,7 @@ def peak_memory(dev) -> float:
 
 class Watch:
     """While active, Policy.net and FinPercepRM.forward record (network, input shape, grad) per call,
-    config.NanGuard.ok (the loop's per-step host sync) closes a step — its time and calls — and
+    rundir.NanGuard.ok (the loop's per-step host sync) closes a step — its time and calls — and
     data.training_pairs adds up the draw's time. Class attributes are swapped, so the modules train_rl.main
     loads inside itself are watched too; everything is restored on exit."""
 
@@ -100,7 +101,7 @@ class Watch:
         self.saved = [
             (Policy, "net"),
             (FinPercepRM, "forward"),
-            (config.NanGuard, "ok"),
+            (rundir.NanGuard, "ok"),
             (data, "training_pairs"),
         ]
 
@@ -130,7 +131,7 @@ class Watch:
             w.draw_s += time.perf_counter() - t0
             return out
 
-        Policy.net, FinPercepRM.forward, config.NanGuard.ok = counted_net, counted_rm, boundary
+        Policy.net, FinPercepRM.forward, rundir.NanGuard.ok = counted_net, counted_rm, boundary
         data.training_pairs = timed_draw
         return self
 
@@ -218,9 +219,9 @@ def bench_preset(name: str, dev, cfg: Config) -> dict:
     # A scratch directory: the fresh policy and RMs train_rl.main loads, and its runs' logs and checkpoints.
     with tempfile.TemporaryDirectory() as tmp:
         rl = make_run(name, cfg, tmp)
-        policy = load_policy(rl.init_policy, dev).speed(config.amp_dtype(rl.amp), rl.channels_last)
-        config.compile_module(policy.unet, dev, cfg.compile)
-        rms = [config.compile_module(r, dev, cfg.compile) for r in load_stages(rl.rm_dir, dev)]
+        policy = load_policy(rl.init_policy, dev).speed(scale.amp_dtype(rl.amp), rl.channels_last)
+        scale.compile_module(policy.unet, dev, cfg.compile)
+        rms = [scale.compile_module(r, dev, cfg.compile) for r in load_stages(rl.rm_dir, dev)]
         out["shapes"] = {
             k: getattr(rl, k) for k in ("crop", "batch", "group", "sample_steps", "amp", "micro_batch")
         }

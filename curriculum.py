@@ -15,6 +15,7 @@ import torch
 
 import config
 import data
+import scale
 from data import Difficulty
 from rm import LAM_GROUP, freeze, rm_losses
 
@@ -184,9 +185,9 @@ class CoEvolution:
         """After RL step `step`: when due, rank 0 refreshes RM_stage on this rollout (no collectives inside)
         and every rank then gets its weights. In place: whoever holds self.rms[stage] sees the new weights."""
         if self.due(step):
-            if config.is_main():
+            if scale.is_main():
                 self.step(step, stage, sr, hr, G)
-            config.broadcast_module(self.rms[stage])
+            scale.broadcast_module(self.rms[stage])
 
     def step(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
         """Refresh RM_stage on the rollout of RL step `step`: sr (B·G, 3, H, W), each LR's G samples

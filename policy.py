@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
-from config import ConfigError, ddp
+from config import ConfigError
 from data import upsample
 from metrics import SCALE
 from rundir import atomic_dir, check_finite, loading, read_kind, write_json
+from scale import ddp
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 import config
+import scale
 from metrics import label_map, lr_consistency, psnr_y
 from rm import reward
 
@@ -66,7 +67,7 @@ def placebo_stage(seed: int):
     backpropagates the reward, runs unchanged: the placebo's gradient is exactly zero, as it should be."""
 
     def stage(sr, hr, step):
-        g = config.generator("placebo", seed, step, config.rank())
+        g = config.generator("placebo", seed, step, scale.rank())
         r = torch.rand(sr.shape[0], generator=g).to(sr.device)
         return r + 0 * sr.mean((1, 2, 3)), None
 

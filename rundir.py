@@ -11,11 +11,13 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from contextlib import contextmanager
 
 import torch
 
-from config import ConfigError, is_main
+from config import ConfigError
+from scale import is_main
 
 # ----------------------------------------------------------------------------------------------------
 # Atomic writes: a checkpoint is either the old complete one or the new complete one, never half of each.
@@ -181,3 +183,35 @@ def git_commit() -> str:
     git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"]
     out = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
     return out or "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------
+# One NaN/Inf policy for every loop (train_rm, SFT, RL): a non-finite step is skipped with a warning, and
+# NAN_STREAK of them in a row stop the run with a message that names the likely cause; weights that are not
+# finite are never saved (check_finite, called by save_rm and save_policy).
+
+NAN_STREAK = 10  # non-finite steps in a row that end a run
+
+
+class NanGuard:
+    def __init__(self, loop: str):
+        self.loop, self.streak, self.cause = loop, 0, ""
+
+    def ok(self, finite: bool, step: int, cause: str) -> bool:
+        """True if the step may be applied (`finite`: the host sync of the step). Skips with a warning; after
+        NAN_STREAK skips in a row, exits non-zero with `cause`."""
+        if finite:
+            self.streak = 0
+            return True
+        self.streak, self.cause = self.streak + 1, cause
+        warnings.warn(f"{self.loop} step {step}: non-finite loss or gradient, update skipped", stacklevel=2)
+        if self.streak >= NAN_STREAK:
+            raise SystemExit(
+                f"error: {self.loop}: {NAN_STREAK} non-finite steps in a row (step {step}); {cause}"
+            )
+        return False
+
+    def done(self) -> None:
+        """End of a loop: a run whose last steps were non-finite failed, even if fewer than NAN_STREAK."""
+        if self.streak:
+            raise SystemExit(f"error: {self.loop} ended on {self.streak} non-finite step(s); {self.cause}")

@@ -26,6 +26,7 @@ import data
 import images
 import ldm  # noqa: F401  (registers LDM SR pipelines with load_policy: --init_policy may be one)
 import rundir
+import scale
 from metrics import psnr_y
 from policy import PolicyConfig, estimate_residual_scale, load_policy, make_policy, save_policy
 from rm import freeze
@@ -60,7 +61,7 @@ def train_sft(cfg, pool, dev, log, st=None):
     path = os.path.join(cfg.out_dir, "policy_sft")
     # A finished SFT is reused, never retrained: every RL arm of evaluate starts from the same policy.
     if os.path.isfile(os.path.join(path, "policy.json")):
-        if config.is_main():
+        if scale.is_main():
             extra = f" (not --init_policy={cfg.init_policy}: delete it to redo)" if cfg.init_policy else ""
             print(f"reusing the cached SFT policy {path}{extra}")
         return load_policy(path, dev)
@@ -81,16 +82,16 @@ def train_sft(cfg, pool, dev, log, st=None):
         )
         policy = make_policy(pcfg)
     # The speed settings of the run (bf16 autocast, NHWC: the gpu presets); none is saved with the policy.
-    policy = policy.to(dev).train().speed(config.amp_dtype(cfg.amp), cfg.channels_last)
-    config.compile_module(policy.unet, dev, cfg.compile)  # --compile: the UNet's forward, static shapes
+    policy = policy.to(dev).train().speed(scale.amp_dtype(cfg.amp), cfg.channels_last)
+    scale.compile_module(policy.unet, dev, cfg.compile)  # --compile: the UNet's forward, static shapes
     policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
     # The global RNG (sft_loss's timesteps and noise) differs per rank: same weights, different draws.
-    torch.manual_seed(config.seed("sft/global", cfg.seed, config.rank()))
+    torch.manual_seed(config.seed("sft/global", cfg.seed, scale.rank()))
     # fused AdamW: one kernel for the whole update on CUDA (the CPU path has no fused variant worth using)
     opt = torch.optim.AdamW(
         policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4, fused=dev.type == "cuda"
     )
-    main_rank, rank = config.is_main(), config.rank()
+    main_rank, rank = scale.is_main(), scale.rank()
     state_path, start = os.path.join(cfg.out_dir, "state.pt"), 0
     # --resume of an interrupted SFT: its weights and AdamW moments; the data streams need no state.
     if st is not None and st.get("phase") == "sft":
@@ -98,7 +99,7 @@ def train_sft(cfg, pool, dev, log, st=None):
         opt.load_state_dict(st["opt"])
         start = int(st["step"])
         print(f"resuming SFT at step {start}") if main_rank else None
-    nan = config.NanGuard("SFT")
+    nan = rundir.NanGuard("SFT")
 
     def save_state(step):
         if main_rank:  # one writer; the weights are the same on every rank
@@ -126,11 +127,11 @@ def train_sft(cfg, pool, dev, log, st=None):
             opt.zero_grad(set_to_none=True)
             loss.backward()  # under torchrun: the all-reduce of the gradients happens here
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), 1.0)
-            # The step's host sync: a non-finite loss or gradient skips the update (config.NanGuard).
+            # The step's host sync: a non-finite loss or gradient skips the update (rundir.NanGuard).
             if nan.ok(bool(torch.isfinite(loss) & torch.isfinite(gnorm)), step, "lower --sft_lr"):
                 opt.step()
             if step % 10 == 0 or step == cfg.sft_steps - 1:  # one host sync per logged step
-                loss_value = float(config.mean_over_ranks({"loss": loss.detach()})["loss"])
+                loss_value = float(scale.mean_over_ranks({"loss": loss.detach()})["loss"])
                 log.write(json.dumps({"step": step, "phase": "sft", "loss": loss_value}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -145,7 +146,7 @@ def train_sft(cfg, pool, dev, log, st=None):
     nan.done()  # the last steps non-finite: a failed run (exit non-zero), nothing saved
     policy.eval()
     if not main_rank:  # rank 0 saves and reports; the others wait for the file, then go on to RL
-        config.barrier()
+        scale.barrier()
         return policy
     t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)  # before saving: a policy whose images are
     if not all(math.isfinite(v["policy"]) for v in t.values()):  # not finite is a failure, never a result
@@ -154,7 +155,7 @@ def train_sft(cfg, pool, dev, log, st=None):
     log.write(json.dumps({"step": cfg.sft_steps, "phase": "sft", "psnr_val": t}) + "\n")
     cells = [f"{k} LR: policy {v['policy']:.2f} dB, bicubic {v['bicubic']:.2f} dB" for k, v in t.items()]
     print("SFT done. PSNR-Y on held-out crops (eta = 0):  " + "  ".join(cells))
-    config.barrier()
+    scale.barrier()
     return policy
 
 
@@ -165,4 +166,4 @@ def anchor(cfg, dev):
     if cfg.beta_kl <= 0:
         return None
     ref = freeze(load_policy(cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft"), dev))
-    return ref.speed(config.amp_dtype(cfg.amp), cfg.channels_last)
+    return ref.speed(scale.amp_dtype(cfg.amp), cfg.channels_last)

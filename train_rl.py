@@ -30,6 +30,7 @@ import config
 import data
 import images
 import rundir
+import scale
 import sft
 from curriculum import CoEvolution, Schedule
 from metrics import lr_consistency
@@ -71,7 +72,7 @@ class Config:
     amp: str = "fp32"  # fp32 | bf16: autocast of the networks; log-probs and losses stay fp32
     channels_last: bool = False  # NHWC memory format for the UNet: faster convolutions on tensor cores
     tf32: bool = False  # CUDA: TF32 matmuls/convolutions and cuDNN autotuning (process-wide once set)
-    compile: bool = False  # torch.compile of the UNet and RM forwards, static shapes (config.compile_module)
+    compile: bool = False  # torch.compile of the UNet and RM forwards, static shapes (scale.compile_module)
     # --- RL
     steps: int = 100  # RL optimiser steps (~0.8 s each on 2 CPU cores with the defaults below)
     batch: int = 2  # LR images per step
@@ -204,9 +205,9 @@ def trained_steps(std: tuple, sigma_min: float, fraction: float, g: torch.Genera
 
 
 def main(cfg: Config) -> str:
-    dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
-    config.fast_math(dev, cfg.tf32)
-    main_rank, rank = config.is_main(), config.rank()
+    dev = scale.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
+    scale.fast_math(dev, cfg.tf32)
+    main_rank, rank = scale.is_main(), scale.rank()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     #### SET-UP: the inputs first (data, the RMs — checked before minutes of SFT —, the resume state), so a
     #### run that fails on them leaves a previous run in out_dir untouched; then the log, policy, rewards.
@@ -225,24 +226,24 @@ def main(cfg: Config) -> str:
     # run, whatever its source, so the curves of all arms compare. --coevolve trains copies (curriculum.py).
     coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None
     for r in rms:  # the frozen ones: rewards and the reward_final judge
-        config.compile_module(r, dev, cfg.compile)
+        scale.compile_module(r, dev, cfg.compile)
     source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
     # The policy samples with the K and eta RL trains it with: saved in policy.json, upscale()'s defaults.
     policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta
     ref = sft.anchor(cfg, dev)  # the KL anchor: a frozen copy of the starting policy, when beta_kl > 0
-    policy.speed(config.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
-    config.compile_module(policy.unet, dev, cfg.compile)
+    policy.speed(scale.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
+    scale.compile_module(policy.unet, dev, cfg.compile)
     policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
     # The global RNG (sft_loss's timesteps and noise: the lam_sft regulariser) differs per rank.
     torch.manual_seed(config.seed("rl/global", cfg.seed, rank))
     sched = Schedule(cfg.curriculum, source.n_stages, cfg.steps, blend=cfg.blend, switch=cfg.switch)
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
     start = resume(st, policy, opt, sched, coevo, main_rank)  # the co-evolved RMs load in place
-    nan, G = config.NanGuard("RL"), cfg.group
+    nan, G = rundir.NanGuard("RL"), cfg.group
     # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA.
     draw = lambda s: data.training_pairs(pool, cfg.batch, cfg.crop, cfg.degrade_max,  # noqa: E731
                                          config.generator("rl/draw", cfg.seed, s, rank))  # fmt: skip
-    batches = config.prefetch(draw, range(start, cfg.steps), dev.type == "cuda")
+    batches = scale.prefetch(draw, range(start, cfg.steps), dev.type == "cuda")
     bar = tqdm(batches, desc=f"RL {cfg.algo}/{cfg.curriculum}", initial=start, total=cfg.steps,
                disable=not main_rank)  # fmt: skip
     resume_at, row = start, None  # the first step not yet applied (where a Ctrl-C continues), the last row
@@ -310,7 +311,7 @@ def main(cfg: Config) -> str:
             #### STEP: clip the gradient, judge the samples, and — if everything is finite — step
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
             stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **judges(rms, sr, hr_g)}
-            stats = config.mean_over_ranks(stats)  # one all-reduce: every rank takes the same decisions
+            stats = scale.mean_over_ranks(stats)  # one all-reduce: every rank takes the same decisions
             # The host sync of the step: is it finite? The cause named when not: the reward, or the step size.
             finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(stats["grad_norm"]))
             cause = "lower --lr or raise --grad_clip"
@@ -349,8 +350,8 @@ def main(cfg: Config) -> str:
         if row is not None:  # the last row; report.summary gives any run's first → last 10 %
             print(f"RL done: {cfg.out_dir}/policy_final; last step: reward_final {row['reward_final']:.3f},"
                   f" gold {row['gold']:.3f}, psnr {row['psnr']:.2f} (gold: lower is better)")  # fmt: skip
-    config.barrier()  # nobody leaves before rank 0 has written the final checkpoints
-    config.teardown()
+    scale.barrier()  # nobody leaves before rank 0 has written the final checkpoints
+    scale.teardown()
     return cfg.out_dir
 
 
@@ -436,7 +437,7 @@ def resume(st, policy, opt, sched, coevo, main_rank) -> int:
 
 def save_state(cfg, step, policy, opt, sched, coevo) -> None:
     """state.pt (tensors, numbers and strings only), written by rank 0: the weights agree on every rank."""
-    if config.is_main():
+    if scale.is_main():
         state = {"phase": "rl", "step": step, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
         state.update(sched=json.dumps(sched.state_dict()), **(coevo.state_dict() if coevo else {}))
         rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt"))

@@ -38,6 +38,7 @@ import config
 import data
 import images
 import rundir
+import scale
 from curriculum import rm_difficulty, val_difficulty
 from metrics import format_members, format_table, label_map, validate
 from rm import (
@@ -103,7 +104,7 @@ class Config:
     amp: str = "fp32"  # fp32 | bf16: autocast of the RM forward (the losses reduce in fp32)
     channels_last: bool = False  # NHWC memory format: faster convolutions on tensor cores
     tf32: bool = False  # CUDA: TF32 matmuls/convolutions and cuDNN autotuning (process-wide once set)
-    compile: bool = False  # torch.compile of the RM forward, static shapes (config.compile_module)
+    compile: bool = False  # torch.compile of the RM forward, static shapes (scale.compile_module)
 
     def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
         c = config
@@ -141,10 +142,10 @@ PRESETS = {
 
 
 def main(cfg: Config) -> str:
-    dev = config.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
-    main_rank, rank = config.is_main(), config.rank()
-    amp = config.amp_dtype(cfg.amp)
-    config.fast_math(dev, cfg.tf32)
+    dev = scale.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
+    main_rank, rank = scale.is_main(), scale.rank()
+    amp = scale.amp_dtype(cfg.amp)
+    scale.fast_math(dev, cfg.tf32)
     #### INPUTS first — the base, data, held-out set, policy samples, resume state — so a run that fails on
     #### them leaves whatever is in out_dir untouched; only then the log (rundir.open_log).
     base = load_base(cfg, dev)  # S_base: the frozen base, L_align's anchor (method.md §3); None: trained here
@@ -183,7 +184,7 @@ def main(cfg: Config) -> str:
     else:
         model = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
     opt = None
-    nan, t0, commit = config.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
+    nan, t0, commit = rundir.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
     stage, resume_at = start_stage, start_step  # where a Ctrl-C would continue from
 
     # state.pt: where to go on (stage, step), the finished stages' validation rows, and — inside a stage — its
@@ -206,7 +207,7 @@ def main(cfg: Config) -> str:
             model.train()
             if cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
-            config.compile_module(model, dev, cfg.compile)
+            scale.compile_module(model, dev, cfg.compile)
             opt = torch.optim.AdamW(
                 model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda"
             )
@@ -217,11 +218,11 @@ def main(cfg: Config) -> str:
             # The stage's budget and data: later stages see smaller regions and subtler artifacts.
             n_steps, diff = cfg.stage_steps[stage], rm_difficulty(stage, cfg.n_stages)
             # The losses run through DDP under torchrun (gradient averaging); a plain run: the model itself.
-            net = config.ddp(model, dev)
+            net = scale.ddp(model, dev)
 
             #### BATCH: FGR triplets from (seed, stage, step, rank) alone: every rank draws other data, and
             #### --resume continues the same streams without any stored generator state. On CUDA the next
-            #### step's batch is drawn in a thread while this one trains (config.prefetch): the draw (Pillow,
+            #### step's batch is drawn in a thread while this one trains (scale.prefetch): the draw (Pillow,
             #### label maps) would otherwise stall the GPU's short forward and backward. The step's generator
             #### comes along, since the losses go on drawing from it (L_group's groups): the same stream.
             def draw(step, stage=stage, diff=diff):
@@ -229,16 +230,16 @@ def main(cfg: Config) -> str:
                 return g, data.fgr_batch(pool, cfg.batch, cfg.crop, diff, g, hooks, dev,
                                          p_classical=cfg.p_classical)  # fmt: skip
 
-            batches = config.prefetch(draw, range(first, n_steps), dev.type == "cuda")
+            batches = scale.prefetch(draw, range(first, n_steps), dev.type == "cuda")
             bar = tqdm(batches, desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", initial=first,
                        total=n_steps, leave=False, disable=not main_rank)  # fmt: skip
             for step, (g, batch) in bar:
                 # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
                 for group in opt.param_groups:
                     group["lr"] = config.cosine_lr(cfg.lr, step, n_steps)
-                with config.autocast(dev, amp):  # bf16 forward with --amp=bf16; backward follows its dtypes
+                with scale.autocast(dev, amp):  # bf16 forward with --amp=bf16; backward follows its dtypes
                     loss, parts = losses(net, batch, base, bank, stage, cfg, diff.area, g)
-                #### STEP: the step's host sync — a non-finite loss or gradient skips it (config.NanGuard)
+                #### STEP: the step's host sync — a non-finite loss or gradient skips it (rundir.NanGuard)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -247,7 +248,7 @@ def main(cfg: Config) -> str:
                     opt.step()
                 #### LOG every log_every steps (the effective batch's losses); a resume point every ckpt_every
                 if step % cfg.log_every == 0 or step == n_steps - 1:
-                    parts = config.mean_over_ranks(parts)
+                    parts = scale.mean_over_ranks(parts)
                     row = {
                         "step": step,
                         "phase": "rm",
@@ -263,7 +264,7 @@ def main(cfg: Config) -> str:
             nan.done()  # the stage ended on non-finite steps: a failed run (exit non-zero), nothing saved
             # Rank 0 saves and validates; the others wait for its rm_stage{k}/ before growing it.
             if not main_rank:
-                config.barrier()
+                scale.barrier()
                 continue
             #### STAGE DONE: validate RM_k, save it (and the crop it learned on: evaluate score tiles at it)
             # The final stage also split by zoo member (validate's "members"): which artifacts it is blind to.
@@ -282,7 +283,7 @@ def main(cfg: Config) -> str:
             if members:
                 print(f"RM_{stage} by zoo member ({cfg.val_n} held-out triplets; few per member, so noisy:"
                       f" raise --val_n for a firmer split)\n" + format_members(members))  # fmt: skip
-            config.barrier()
+            scale.barrier()
     except KeyboardInterrupt:
         save_state(stage, resume_at, model, opt)  # the stage's weights and moments, at the first undone step
         log.close()
@@ -290,7 +291,7 @@ def main(cfg: Config) -> str:
             f"interrupted: RM_{stage} at step {resume_at} saved; continue with --resume"
         ) from None
     log.close()
-    config.teardown()
+    scale.teardown()
     return cfg.out_dir
 
 

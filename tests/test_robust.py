@@ -17,6 +17,7 @@ import data
 import evaluate
 import images
 import rm
+import scale
 import train_rl
 import train_rm
 from policy import PolicyConfig, load_policy, make_policy, save_policy
@@ -102,14 +103,14 @@ def test_train_rm_resume_logs_every_step_once(tmp_path, monkeypatch, exc):
 
 
 def test_train_rm_prefetch_is_the_same_run(runs, tmp_path, monkeypatch):
-    # On CUDA train_rm draws each next batch in a thread (config.prefetch). Forced on here, with --policy,
+    # On CUDA train_rm draws each next batch in a thread (scale.prefetch). Forced on here, with --policy,
     # whose L_group goes on drawing from the step's generator after the batch: the same rows and weights.
     _, sft_dir = runs
     pol = dict(policy=os.path.join(sft_dir, "policy_sft"), bank=2, bank_group=2, drifts=(0,))
     off = train_rm.Config(out_dir=str(tmp_path / "off"), **pol, **TINY_RM)
     train_rm.main(off)
-    real, used = config.prefetch, []
-    monkeypatch.setattr(config, "prefetch", lambda fn, steps, on: used.append(on) or real(fn, steps, True))
+    real, used = scale.prefetch, []
+    monkeypatch.setattr(scale, "prefetch", lambda fn, steps, on: used.append(on) or real(fn, steps, True))
     on = dataclasses.replace(off, out_dir=str(tmp_path / "on"))
     train_rm.main(on)
     assert used == [False] * 4  # one per stage; on the CPU it would have been off
@@ -268,6 +269,6 @@ def test_compile_is_equivalent_to_eager(runs, tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
     # and a compiled SFT policy saves like an eager one (in-place compile keeps the state_dict keys)
     pol = make_policy(PolicyConfig(block_out_channels=(8, 16)))
-    config.compile_module(pol.unet, torch.device("cpu"), True)
+    scale.compile_module(pol.unet, torch.device("cpu"), True)
     save_policy(pol, str(tmp_path / "p"))
     assert set(load_policy(str(tmp_path / "p")).unet.state_dict()) == set(pol.unet.state_dict())
