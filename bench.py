@@ -219,7 +219,7 @@ def bench_preset(name: str, dev, cfg: Config) -> dict:
     # A scratch directory: the fresh policy and RMs train_rl.main loads, and its runs' logs and checkpoints.
     with tempfile.TemporaryDirectory() as tmp:
         rl = make_run(name, cfg, tmp)
-        policy = load_policy(rl.init_policy, dev).speed(scale.amp_dtype(rl.amp), rl.channels_last)
+        policy = scale.speed(load_policy(rl.init_policy, dev), scale.amp_dtype(rl.amp), rl.channels_last)
         scale.compile_module(policy.unet, dev, cfg.compile)
         rms = [scale.compile_module(r, dev, cfg.compile) for r in load_stages(rl.rm_dir, dev)]
         out["shapes"] = {

@@ -6,7 +6,8 @@
 
 Point --init_policy (or load_policy) at a directory with unet/, vqvae/, scheduler/ (and model_index.json),
 e.g. CompVis/ldm-super-resolution-4x-openimages that you downloaded yourself; nothing is fetched here.
-LatentPolicy, a subclass of policy.py's Policy, then runs with space="latent". What that means, following the
+policy.load_policy recognises the directory and builds a Policy in LatentSpace (below): the sampler, the
+log-probs, SFT and RL are policy.py's own; this file knows only what the space changes. Following the
 pipeline's own __call__ (diffusers/pipelines/latent_diffusion/pipeline_latent_diffusion_superresolution.py):
 - x lives in the VQ-f4 latent space at LR resolution: (B, C, h, w), C = vqvae latent_channels (3 for the
   CompVis model), unscaled (the pipeline applies no scaling_factor). The UNet input is cat([x_t, LR]) with
@@ -27,25 +28,12 @@ import os
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel, VQModel
+from torch import nn
 
 from config import ConfigError
-from policy import SPACES, Policy, PolicyConfig
 
 PIPELINE = "LDMSuperResolutionPipeline"  # model_index.json's _class_name for this layout
 FIX = "give a policy directory (python train_rl.py --sft_only) or an LDMSuperResolutionPipeline directory"
-
-
-def is_ldm_dir(path: str) -> bool:
-    """An LDM SR pipeline directory: model_index.json naming LDMSuperResolutionPipeline, or (no index) the
-    unet/ + vqvae/ subfolders. A model_index.json naming any other pipeline is a one-line error."""
-    index = os.path.join(path, "model_index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            name = json.load(f).get("_class_name")
-        if name != PIPELINE:
-            raise ConfigError(f"'{path}' holds a {name}, not an {PIPELINE}; {FIX}")
-        return True
-    return all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae"))
 
 
 def rl_scheduler(config) -> DDIMScheduler:
@@ -94,51 +82,48 @@ def _load(cls, path: str, sub: str):
         raise ConfigError(f"'{path}': cannot load {sub}/ ({msg}); {FIX}") from None
 
 
-def load_ldm(path: str, meta: dict | None = None):
-    """A LatentPolicy from an LDM SR pipeline directory (ours with policy.json, or a bare diffusers one)."""
-
+def load_ldm(path: str):
+    """(unet, scheduler, LatentSpace, PolicyConfig fields) of an LDM SR pipeline directory (ours with
+    policy.json, or a bare diffusers one); policy.load_policy builds the Policy from them."""
+    index = os.path.join(path, "model_index.json")
+    if os.path.isfile(index):  # a pipeline of another kind is a one-line error
+        with open(index) as f:
+            name = json.load(f).get("_class_name")
+        if name != PIPELINE:
+            raise ConfigError(f"'{path}' holds a {name}, not an {PIPELINE}; {FIX}")
     unet, vqvae = _load(UNet2DModel, path, "unet"), _load(VQModel, path, "vqvae")
     check_pair(unet, vqvae, path)
     try:
-        sched_cfg = DDIMScheduler.load_config(os.path.join(path, "scheduler"))
+        scheduler = rl_scheduler(DDIMScheduler.load_config(os.path.join(path, "scheduler")))
     except Exception:
         raise ConfigError(f"'{path}': no readable scheduler/scheduler_config.json; {FIX}") from None
-    scheduler = rl_scheduler(sched_cfg)
-    fields = {k: v for k, v in (meta or {}).items() if k in PolicyConfig.__dataclass_fields__}
-    cfg = PolicyConfig(
-        **{
-            **fields,  # steps / eta saved with our policy; the rest follows the weights below
-            "space": "latent",
-            "block_out_channels": tuple(unet.config.block_out_channels),
-            "layers_per_block": unet.config.layers_per_block,
-            "norm_groups": unet.config.norm_num_groups,
-            "sample_size": unet.config.sample_size,
-            "num_train_timesteps": scheduler.config.num_train_timesteps,
-            "prediction_type": scheduler.config.prediction_type,
-            "residual_scale": 1.0,  # pixel space only
-        }
-    )
-    return LatentPolicy(cfg, unet, scheduler, vqvae)
+    fields = {  # what the weights say; steps / eta come from policy.json when there is one
+        "space": "latent",
+        "block_out_channels": tuple(unet.config.block_out_channels),
+        "layers_per_block": unet.config.layers_per_block,
+        "norm_groups": unet.config.norm_num_groups,
+        "sample_size": unet.config.sample_size,
+        "num_train_timesteps": scheduler.config.num_train_timesteps,
+        "prediction_type": scheduler.config.prediction_type,
+        "residual_scale": 1.0,  # pixel space only
+    }
+    return unet, scheduler, LatentSpace(vqvae), fields
 
 
 # ----------------------------------------------------------------------------------------------------
-# The latent policy: Policy with the four space-specific methods (and saving) overridden
+# The latent space: what policy.PixelSpace does, for a frozen VQ autoencoder's latents at LR size
 
 
-class LatentPolicy(Policy):
-    """A Policy whose x lives in a frozen VQ autoencoder's latent space at LR size (module docstring). The
-    sampler, the log-probs, SFT and RL are Policy's own; only what the space changes is written here."""
+class LatentSpace(nn.Module):
+    """x lives in a frozen VQ autoencoder's latent space at LR size (module docstring)."""
 
-    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler, vqvae: VQModel):
-        super().__init__(cfg, unet, scheduler)
+    def __init__(self, vqvae: VQModel):
+        super().__init__()
         self.vqvae = vqvae.requires_grad_(False).eval()  # frozen: RL and SFT train the UNet only
-        self.lr_multiple = self.stride  # the UNet runs at LR size: its strides must divide the LR itself
 
-    def train(self, mode: bool = True) -> "LatentPolicy":
+    def train(self, mode: bool = True) -> "LatentSpace":
         """nn.Module.train, except that the frozen VQ autoencoder stays in eval mode (it never trains)."""
-        super().train(mode)
-        self.vqvae.eval()
-        return self
+        return super().train(False)
 
     def condition(self, lr: torch.Tensor) -> torch.Tensor:
         """LR itself in [-1, 1] at LR resolution, concatenated as LDMSuperResolutionPipeline does."""
@@ -158,10 +143,10 @@ class LatentPolicy(Policy):
         """Shape of x_t: the vqvae's latent channels C at the LR size."""
         return (cond.shape[0], self.vqvae.config.latent_channels, *cond.shape[-2:])
 
-    def input_size(self, h: int, w: int) -> str:
-        return f"LR {h}x{w}"  # what the UNet's strides must divide in latent space
+    def lr_multiple(self, stride: int) -> int:
+        return stride  # the UNet runs at LR size: its strides must divide the LR itself
 
-    def save_weights(self, tmp: str) -> None:
+    def save(self, tmp: str, unet, scheduler) -> None:
         """An LDMSuperResolutionPipeline (model_index.json, unet/, vqvae/, scheduler/): diffusers' own
         pipeline loads it; save_policy adds policy.json. Imported from its module path: the top-level
         diffusers name needs transformers installed, which this project does not."""
@@ -169,9 +154,4 @@ class LatentPolicy(Policy):
             LDMSuperResolutionPipeline,
         )
 
-        LDMSuperResolutionPipeline(
-            vqvae=self.vqvae, unet=self.unet, scheduler=self.scheduler
-        ).save_pretrained(tmp)
-
-
-SPACES["latent"] = (is_ldm_dir, load_ldm)  # load_policy now knows LDM SR directories (policy.SPACES)
+        LDMSuperResolutionPipeline(vqvae=self.vqvae, unet=unet, scheduler=scheduler).save_pretrained(tmp)

@@ -1,4 +1,4 @@
-"""The diffusion super-resolution model, seen as an RL policy (design.md: "the SR model as an RL policy").
+"""The diffusion super-resolution model, seen as an RL policy.
 
     from policy import PolicyConfig, make_policy, load_policy, save_policy
     policy = make_policy(PolicyConfig(residual_scale=estimate_residual_scale(lr, hr)))
@@ -9,18 +9,18 @@
 
 What it is: a diffusers `UNet2DModel` + `DDIMScheduler`, conditioned on the bicubic-upsampled LR image
 (concatenated as 3 extra input channels), denoising the *residual* x0 = (HR - up(LR)) * residual_scale.
-Why it is a policy (method.md §4 [ours], DDPO): DDIM with eta > 0 draws every step from a Gaussian,
+Why it is a policy (docs/method.md §4 [ours], DDPO): DDIM with eta > 0 draws every step from a Gaussian,
     x_{t_prev} ~ N(mean_theta(x_t, t, LR), std_t^2 I),
 so a whole sampling run is a K-step trajectory of Gaussian actions with exact per-step log-probs. The
 mean comes from `scheduler.step` itself (no hand-copied DDIM) and std_t = eta * sqrt(scheduler variance),
 so the sampler, the stored log-probs and the recomputed (PPO) log-probs all use one function.
 Log-probs are kept PER PIXEL (K, B, 3, H, W): the RL loop can weight each pixel by a local advantage
-from the reward model's degradation map (B, 1, H, W broadcasts over channels), method.md §4.
-space="latent" is a pretrained LDMSuperResolutionPipeline (unet + vqvae, epsilon prediction; ldm.py says
-how): only condition / encode / decode and the shapes differ, the sampler and log-probs are the same code.
+from the reward model's degradation map (B, 1, H, W broadcasts over channels), docs/method.md §4.
+Where x lives is the policy's *space*: PixelSpace below (the scaled residual over bicubic), or a pretrained
+model's latent space (ldm.LatentSpace: an LDMSuperResolutionPipeline's VQ autoencoder). A space says how LR
+conditions the UNet and how x0 maps to and from images; the sampler and the log-probs are the same code.
 """
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -35,7 +35,6 @@ from config import ConfigError
 from data import upsample
 from metrics import SCALE
 from rundir import atomic_dir, check_finite, loading, read_kind, write_json
-from scale import ddp
 
 
 @dataclass
@@ -78,11 +77,44 @@ def estimate_residual_scale(lr: torch.Tensor, hr: torch.Tensor) -> float:
     return float(1.0 / std.clamp_min(1e-4))  # one sync, once per run; clamp guards a flat dataset
 
 
-class Policy(nn.Module):
-    """UNet2DModel + DDIMScheduler as a Gaussian policy over K denoising steps (module docstring). Pixel
-    space: x0 is the scaled residual over bicubic. ldm.LatentPolicy overrides the space-specific methods."""
+class PixelSpace(nn.Module):
+    """x0 = (HR − up(LR)) · residual_scale at SR size; the UNet sees up(LR) as 3 extra input channels. The
+    only part of the policy that knows where x lives (ldm.LatentSpace is the other one)."""
 
-    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler):
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg  # the policy's own: residual_scale is read from it at every call
+
+    def condition(self, lr: torch.Tensor) -> torch.Tensor:
+        """The UNet's extra input channels: up(LR) mapped to [-1, 1], the range the noise lives in."""
+        return upsample(lr, clamp=False) * 2 - 1
+
+    def encode(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """HR image -> x0: the residual over bicubic, scaled to about unit variance."""
+        return (hr - upsample(lr, clamp=False)) * self.cfg.residual_scale
+
+    def decode(self, x0: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """x0 -> SR image in [0, 1] (the clamp is the only non-differentiable corner)."""
+        return (x0 / self.cfg.residual_scale + upsample(lr, clamp=False)).clamp(0, 1)
+
+    def x_shape(self, cond: torch.Tensor) -> tuple:
+        return tuple(cond.shape)  # RGB at SR size
+
+    def lr_multiple(self, stride: int) -> int:
+        """What an LR side must be a multiple of: the UNet runs at SR size, 4× the LR."""
+        return max(1, stride // SCALE)
+
+    def save(self, tmp: str, unet, scheduler) -> None:
+        """The weights in diffusers' layout (save_policy adds policy.json): unet/ and scheduler/."""
+        unet.save_pretrained(os.path.join(tmp, "unet"))  # safetensors + config.json
+        scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+
+
+class Policy(nn.Module):
+    """UNet2DModel + DDIMScheduler as a Gaussian policy over K denoising steps (module docstring), in a
+    space (PixelSpace by default)."""
+
+    def __init__(self, cfg: PolicyConfig, unet: UNet2DModel, scheduler: DDIMScheduler, space=None):
         super().__init__()
         if scheduler.config.prediction_type != cfg.prediction_type:
             raise ConfigError(
@@ -93,49 +125,19 @@ class Policy(nn.Module):
         # A device copy of abar_t for sft_loss (it follows .to(device)); the scheduler keeps its CPU table,
         # so reading a step's variance never waits on the GPU. Not saved: the scheduler config rebuilds it.
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone(), persistent=False)
-        # The last down block of UNet2DModel does not downsample, so the total stride is 2^(levels - 1).
+        self.space = space or PixelSpace(cfg)
+        # The last down block of UNet2DModel does not downsample, so the total stride is 2^(levels - 1); an
+        # LR side must be a multiple of lr_multiple for it to divide the UNet's input (apply.py pads to it).
         self.stride = 2 ** (len(unet.config.block_out_channels) - 1)
-        # The UNet runs at SR size: the LR side must be a multiple of this for the UNet's strides to divide
-        # its input (apply.py pads LR tiles to it).
-        self.lr_multiple = max(1, self.stride // SCALE)
-        # Mixed precision of the UNet alone (train_rl --amp=bf16); None = fp32. Not saved with the policy.
-        self.amp = None
+        self.lr_multiple = self.space.lr_multiple(self.stride)
+        self.amp = None  # bf16 autocast of the UNet alone (scale.speed); None = fp32. Not saved.
 
     def net(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet forward, under bf16 autocast when self.amp is set. Its output is cast back to fp32, so
         the DDIM mean, the Gaussian log-probs and the PPO ratios are always computed in full precision
         (bf16 has 8 mantissa bits: a log-prob of a 64×64 image summed in bf16 would be mostly rounding)."""
         with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            return self.__dict__.get("_ddp", self.unet)(x, t).sample.float()
-
-    # ------------------------------------------------------------------------------------------------
-    # condition / encode / decode / x_shape: the only methods that know the diffusion "space". A pretrained
-    # latent SR model (ldm.LatentPolicy) overrides these four, and the loops below stay unchanged.
-
-    def condition(self, lr: torch.Tensor) -> torch.Tensor:
-        """The UNet's extra input channels: up(LR) mapped to [-1, 1], the range the noise lives in."""
-        return upsample(lr, clamp=False) * 2 - 1
-
-    def encode(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """HR image -> x0 in policy space: the residual over bicubic, scaled to about unit variance."""
-        return (hr - upsample(lr, clamp=False)) * self.cfg.residual_scale
-
-    def decode(self, x0: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """x0 in policy space -> SR image in [0, 1] (the clamp is the only non-differentiable corner)."""
-        return (x0 / self.cfg.residual_scale + upsample(lr, clamp=False)).clamp(0, 1)
-
-    def x_shape(self, cond: torch.Tensor) -> tuple:
-        """Shape of x_t: the condition's (RGB at SR size)."""
-        return tuple(cond.shape)
-
-    def save_weights(self, tmp: str) -> None:
-        """The weights in diffusers' layout (save_policy adds policy.json): unet/ and scheduler/."""
-        self.unet.save_pretrained(os.path.join(tmp, "unet"))  # safetensors + config.json
-        self.scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
-
-    def input_size(self, h: int, w: int) -> str:
-        """What the UNet's strides must divide, for _check_shape's error: the SR size in pixel space."""
-        return f"SR size {SCALE * h}x{SCALE * w} (4 x LR {h}x{w})"
+            return self.__dict__.get("_ddp", self.unet)(x, t).sample.float()  # _ddp: scale.distribute
 
     # ------------------------------------------------------------------------------------------------
     # One DDIM step as a Gaussian: the single function behind sampling, stored and recomputed log-probs.
@@ -184,7 +186,7 @@ class Policy(nn.Module):
         CPU tensor (Trajectory.t[k]); all samples in the batch share it, as in one PPO trajectory index.
         """
         steps, eta = self._defaults(steps, eta)
-        mean, std, _ = self._stats(x_t, int(t), self.condition(lr), eta)
+        mean, std, _ = self._stats(x_t, int(t), self.space.condition(lr), eta)
         return mean, std
 
     def step_logprob(self, x_t, x_prev, t, lr, steps=None, eta=None) -> torch.Tensor:
@@ -238,7 +240,7 @@ class Policy(nn.Module):
             raise ValueError(f"lr has {c} channels, expected 3 (RGB); convert grayscale/RGBA images to RGB")
         if h % self.lr_multiple or w % self.lr_multiple:
             raise ValueError(
-                f"{self.input_size(h, w)} is not a multiple of the UNet's total stride {self.stride}; "
+                f"LR {h}x{w}: the UNet input is not a multiple of the UNet's total stride {self.stride}; "
                 f"crop or pad the LR image to a multiple of {self.lr_multiple}"
             )
 
@@ -253,8 +255,10 @@ class Policy(nn.Module):
         steps, eta = self._defaults(steps, eta)
         if return_traj and eta == 0:
             raise ValueError("return_traj needs eta > 0: a deterministic DDIM step has no log-prob")
-        cond = self.condition(lr)
-        x = self._noise(self.x_shape(cond), generator, cond)  # x_T ~ N(0, I) (init_noise_sigma = 1 for DDIM)
+        cond = self.space.condition(lr)
+        x = self._noise(
+            self.space.x_shape(cond), generator, cond
+        )  # x_T ~ N(0, I) (DDIM's init_noise_sigma = 1)
         xs, logprobs, stds = [x], [], []
         for t in self.scheduler.timesteps.tolist():  # python ints: 999, 899, ..., 99 for K=10 (trailing)
             mean, std, _ = self._stats(x, t, cond, eta)
@@ -264,7 +268,7 @@ class Policy(nn.Module):
                 xs.append(x)
                 stds.append(std)
         # x is x_0 in policy space (the scaled residual, or a VQ latent); decode turns it into the SR image.
-        sr = self.decode(x, lr)
+        sr = self.space.decode(x, lr)
         if not return_traj:
             return sr
         t = self.scheduler.timesteps.clone()
@@ -281,16 +285,16 @@ class Policy(nn.Module):
         stop_index = steps - 1 if stop_index is None else int(stop_index)
         if not 0 <= stop_index < steps:
             raise ValueError(f"stop_index={stop_index} must be in 0..{steps - 1}")
-        cond = self.condition(lr)
+        cond = self.space.condition(lr)
         ts = self.scheduler.timesteps.tolist()
         with torch.no_grad():  # the cheap part: no graph kept for the first stop_index steps
-            x = self._noise(self.x_shape(cond), generator, cond)
+            x = self._noise(self.space.x_shape(cond), generator, cond)
             for t in ts[:stop_index]:
                 mean, std, _ = self._stats(x, t, cond, eta)
                 x = mean + std * self._noise(x.shape, generator, x)
         # pred_original_sample comes from the scheduler, so this holds for x0, epsilon or v prediction.
         _, _, x0_pred = self._stats(x, ts[stop_index], cond, eta)
-        return self.decode(x0_pred, lr)
+        return self.space.decode(x0_pred, lr)
 
     def upscale(self, lr, steps=None, eta=None, generator=None) -> torch.Tensor:
         """The design contract: lr (B, 3, h, w) in [0, 1] -> sr (B, 3, 4h, 4w) in [0, 1], on lr's device.
@@ -316,7 +320,7 @@ class Policy(nn.Module):
         sampling step sync when it reads the variance.
         """
         self._check_shape(lr)
-        x0 = self.encode(hr, lr)
+        x0 = self.space.encode(hr, lr)
         b = x0.shape[0]
         dev = generator.device if generator is not None else x0.device
         t = torch.randint(0, self.cfg.num_train_timesteps, (b,), generator=generator, device=dev)
@@ -324,7 +328,7 @@ class Policy(nn.Module):
         eps = self._noise(x0.shape, generator, x0)  # eps ~ N(0, I)
         abar = self.alphas_cumprod[t].view(b, 1, 1, 1)  # the device copy (see __init__)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-        pred = self.net(torch.cat([x_t, self.condition(lr)], dim=1), t)
+        pred = self.net(torch.cat([x_t, self.space.condition(lr)], dim=1), t)
         if self.cfg.prediction_type == "sample":
             target = x0
         elif self.cfg.prediction_type == "epsilon":
@@ -332,31 +336,6 @@ class Policy(nn.Module):
         else:  # v-prediction: v = sqrt(abar) eps - sqrt(1 - abar) x0
             target = abar.sqrt() * eps - (1 - abar).sqrt() * x0
         return F.mse_loss(pred, target)
-
-    # ------------------------------------------------------------------------------------------------
-    # Speed and many GPUs: settings of a training run, never saved with the policy.
-
-    def speed(self, amp=None, channels_last: bool = False) -> "Policy":
-        """Speed settings of a training run (not saved): bf16 autocast of the UNet (amp=torch.bfloat16) and
-        the NHWC memory format, which tensor-core convolutions prefer. Returns self."""
-        self.amp = amp
-        if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
-        return self
-
-    def distribute(self, dev) -> "Policy":
-        """Route the UNet forward through DistributedDataParallel when torchrun launched several ranks, so
-        every backward averages the gradients. The wrapper is kept out of the module tree (a plain attribute
-        dict entry): state_dict, save_policy and the optimiser keep seeing the bare UNet. Returns self."""
-        if "_ddp" not in self.__dict__:  # idempotent: SFT and RL share one wrapper (and one set of hooks)
-            self.__dict__["_ddp"] = ddp(self.unet, dev)
-        return self
-
-    def no_sync(self):
-        """Accumulate gradients locally (no all-reduce) inside this context: pg backpropagates once per
-        trained step and only the last backward of an update needs to synchronise."""
-        wrapped = self.__dict__.get("_ddp")
-        return wrapped.no_sync() if hasattr(wrapped, "no_sync") else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -401,42 +380,48 @@ def make_policy(cfg: PolicyConfig = None) -> Policy:
 POLICY_FIX = "python train_rl.py --sft_only"  # the command that makes a policy directory
 
 
-# Other kinds of policy directory (ldm.py: a pretrained LDMSuperResolutionPipeline) register here: space name
-# → (is_dir(path) for a bare directory without policy.json, load(path, meta or None)). A module that loads
-# user policies imports ldm, which registers itself: policy.py itself never imports it (no cycle).
-SPACES = {}
-
-
 def save_policy(policy: Policy, path: str) -> None:
-    """Write <path>/ atomically (temp dir, then rename): the weights (save_weights: unet/ + scheduler/ in
-    diffusers' layout; an LDM pipeline for a latent policy) and policy.json, which says its kind."""
+    """Write <path>/ atomically (temp dir, then rename): the weights in diffusers' layout (the space's save:
+    unet/ + scheduler/, or a whole LDM pipeline) and policy.json, which says its kind."""
     check_finite(policy.unet, f"the policy for {path}", "lower the learning rate")  # NaN: never written
     with atomic_dir(path) as tmp:
-        policy.save_weights(tmp)
+        policy.space.save(tmp, policy.unet, policy.scheduler)
         write_json(os.path.join(tmp, "policy.json"), {"kind": "policy", **dataclasses.asdict(policy.cfg)})
 
 
 def load_policy(path: str, device=None) -> Policy:
     """Load a policy directory (on CPU unless `device` is given); a wrong directory is a one-line error.
 
-    Also a bare directory a registered space recognises (SPACES: e.g. a diffusers LDMSuperResolutionPipeline
-    with model_index.json or unet/ + vqvae/, once ldm.py is imported)."""
-    bare = os.path.isdir(path) and not os.path.isfile(os.path.join(path, "policy.json"))
-    if bare and not os.path.isfile(os.path.join(path, "rm.json")):  # an RM gets read_kind's error below
-        for is_dir, load in SPACES.values():
-            if is_dir(path):
-                return load(path, None).to(device or "cpu").eval()
-        raise ConfigError(
-            f"'{path}' is neither a policy directory (policy.json) nor an LDMSuperResolutionPipeline"
-            f" directory (model_index.json, unet/, vqvae/, scheduler/); make a policy with `{POLICY_FIX}`"
-        )
-    meta = read_kind(path, "policy", POLICY_FIX)
-    if meta.get("space", "pixel") in SPACES:
-        return SPACES[meta["space"]][1](path, meta).to(device or "cpu").eval()
-    fields = {f.name for f in dataclasses.fields(PolicyConfig)}
+    Every kind is recognised by its files: policy.json (ours, pixel or latent space), or a bare diffusers
+    LDMSuperResolutionPipeline directory (model_index.json, or unet/ + vqvae/), loaded by ldm.py."""
+    meta = None if _bare(path) else read_kind(path, "policy", POLICY_FIX)
+    if meta is None or meta.get("space") == "latent":
+        import ldm  # only for latent policies: the pixel policy needs nothing beyond diffusers' UNet
+
+        unet, scheduler, space, fields = ldm.load_ldm(path)
+        cfg = PolicyConfig(**{**_fields(meta or {}), **fields})  # K and eta from policy.json, if any
+        return Policy(cfg, unet, scheduler, space).to(device or "cpu").eval()
     with loading(path, POLICY_FIX):  # a truncated safetensors or a mismatched config: one line
-        cfg = PolicyConfig(**{k: v for k, v in meta.items() if k in fields})
+        cfg = PolicyConfig(**_fields(meta))
         cfg.block_out_channels = tuple(cfg.block_out_channels)  # JSON turned the tuple into a list
         unet = UNet2DModel.from_pretrained(os.path.join(path, "unet"))
         scheduler = DDIMScheduler.from_pretrained(os.path.join(path, "scheduler"))
         return Policy(cfg, unet, scheduler).to(device or "cpu").eval()
+
+
+def _bare(path: str) -> bool:
+    """A directory without our JSON: a diffusers pipeline, or a one-line error when it is none we know."""
+    ours = any(os.path.isfile(os.path.join(path, f)) for f in ("policy.json", "rm.json"))
+    if not os.path.isdir(path) or ours:
+        return False  # read_kind's errors: no such directory, or an RM checkpoint
+    index = os.path.join(path, "model_index.json")
+    if os.path.isfile(index) or all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae")):
+        return True
+    raise ConfigError(
+        f"'{path}' is neither a policy directory (policy.json) nor an LDMSuperResolutionPipeline"
+        f" directory (model_index.json, unet/, vqvae/, scheduler/); make a policy with `{POLICY_FIX}`"
+    )
+
+
+def _fields(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k in PolicyConfig.__dataclass_fields__}

@@ -134,6 +134,17 @@ def atomic_dir(path: str):
 
 
 @contextmanager
+def saved_on_interrupt(save, where):
+    """Around a training loop: Ctrl-C saves the resume state (save()), then exits with one line saying
+    where (where()) and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        save()
+        raise SystemExit(f"interrupted at {where()}: state saved; continue with --resume") from None
+
+
+@contextmanager
 def loading(path: str, fix: str):
     """Around reading a checkpoint's weights: any failure (a truncated or foreign file, tensors whose shapes
     do not match the JSON) becomes one line naming the directory and what to do."""

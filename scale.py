@@ -5,6 +5,7 @@
 Without torchrun every function here is a no-op or a pass-through, so the loops read the same on a laptop.
 """
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,3 +144,39 @@ def prefetch(fn, steps, on: bool):
             if i + 1 < len(steps):
                 nxt = pool.submit(fn, steps[i + 1])
             yield s, out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The policy's training settings (SFT, RL, bench): never saved with it.
+
+
+def speed(policy, amp=None, channels_last: bool = False):
+    """bf16 autocast of the UNet (amp=torch.bfloat16; policy.net casts its output back to fp32) and the NHWC
+    memory format, which tensor-core convolutions prefer. Returns the policy."""
+    policy.amp = amp
+    if channels_last:
+        policy.unet.to(memory_format=torch.channels_last)
+    return policy
+
+
+def distribute(policy, dev):
+    """Route the UNet forward through DistributedDataParallel when torchrun launched several ranks. The
+    wrapper is kept out of the module tree (a plain attribute dict entry, read by policy.net): state_dict,
+    save_policy and the optimiser keep seeing the bare UNet. Idempotent: SFT and RL share one wrapper."""
+    if "_ddp" not in policy.__dict__:
+        policy.__dict__["_ddp"] = ddp(policy.unet, dev)
+    return policy
+
+
+def no_sync(policy):
+    """Accumulate gradients locally (no all-reduce) inside this context: pg backpropagates once per trained
+    step and only the last backward of an update needs to synchronise."""
+    wrapped = policy.__dict__.get("_ddp")
+    return wrapped.no_sync() if hasattr(wrapped, "no_sync") else contextlib.nullcontext()
+
+
+def for_training(policy, dev, cfg):
+    """A run's --amp, --channels_last, --compile and DDP on the policy (train_rl's flags). Returns it."""
+    speed(policy, amp_dtype(cfg.amp), cfg.channels_last)
+    compile_module(policy.unet, dev, cfg.compile)
+    return distribute(policy, dev)

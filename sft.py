@@ -11,7 +11,6 @@ includes 0 (clean bicubic LR, the classical protocol) — 30 % of batches exactl
 classical and real-world LR; with --data=paired:LR_DIR,HR_DIR the LR is the real one (images.PairedPool). With
 --init_policy (e.g. a pretrained LDMSuperResolutionPipeline directory) SFT starts from those weights instead
 of a fresh, bicubic-initialised UNet. The result is cached as out_dir/policy_sft: later runs reuse it.
-Lives in its own module (design.md: a new file, named after its stage, when train_rl.py would pass ~500).
 """
 
 import json
@@ -24,7 +23,6 @@ from tqdm import tqdm
 import config
 import data
 import images
-import ldm  # noqa: F401  (registers LDM SR pipelines with load_policy: --init_policy may be one)
 import rundir
 import scale
 from metrics import psnr_y
@@ -45,82 +43,58 @@ def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) ->
     hr = None if paired else pool.crops(n, crop, g)
     for name, strength in (("real", 0.0),) if paired else (("clean", 0.0), ("degraded", 0.5)):
         hr, lr = pool.pairs(n, crop, g) if paired else (hr, data.degrade(hr, strength, g))
-        lr = lr.to(dev)
+        lr, h = lr.to(dev), hr.to(dev)
+        # eta = 0: the deterministic DDIM sample, the policy's best single guess (PSNR rewards the mean).
         sr = policy.sample(lr, eta=0.0, generator=torch.Generator(dev).manual_seed(seed))
-        h = hr.to(dev)
-        out[name] = {
-            "policy": float(psnr_y(sr, h).mean()),
-            "bicubic": float(psnr_y(data.upsample(lr), h).mean()),
-        }
+        bicubic = psnr_y(data.upsample(lr), h)
+        out[name] = {"policy": float(psnr_y(sr, h).mean()), "bicubic": float(bicubic.mean())}
     return out
 
 
 def train_sft(cfg, pool, dev, log, st=None):
     """Return the SFT policy: out_dir/policy_sft if it exists, else train it and save it there. st: the
     resume state train_rl read (rundir.resume_state); an SFT state continues where it stopped."""
-    path = os.path.join(cfg.out_dir, "policy_sft")
+    path, main_rank, rank = os.path.join(cfg.out_dir, "policy_sft"), scale.is_main(), scale.rank()
     # A finished SFT is reused, never retrained: every RL arm of evaluate starts from the same policy.
     if os.path.isfile(os.path.join(path, "policy.json")):
-        if scale.is_main():
-            extra = f" (not --init_policy={cfg.init_policy}: delete it to redo)" if cfg.init_policy else ""
-            print(f"reusing the cached SFT policy {path}{extra}")
+        extra = f" (not --init_policy={cfg.init_policy}: delete it to redo)" if cfg.init_policy else ""
+        print(f"reusing the cached SFT policy {path}{extra}") if main_rank else None
         return load_policy(path, dev)
     g = config.generator("sft/residual_scale", cfg.seed)
     if cfg.init_policy:  # fine-tune given weights (e.g. a pretrained latent-diffusion SR model)
         policy = load_policy(cfg.init_policy, dev)
-        pcfg = policy.cfg
-    else:
-        # The residual scale, estimated once from data (policy.estimate_residual_scale says why it matters):
-        # 64 pairs in 4 groups of one degradation strength each.
+    else:  # the residual scale from 64 pairs, 4 degradation strengths (policy.estimate_residual_scale: why)
         hr, lr = pool.pairs(64, cfg.crop, g, lambda: data.draw_strength(cfg.degrade_max, g), groups=4)
-        pcfg = PolicyConfig(
-            residual_scale=estimate_residual_scale(lr, hr),
-            block_out_channels=cfg.unet_channels,
-            layers_per_block=cfg.unet_layers,
-            steps=cfg.sample_steps,  # sample as RL will (policy.json keeps K and eta; upscale's defaults)
-            eta=cfg.eta,
-        )
-        policy = make_policy(pcfg)
-    # The speed settings of the run (bf16 autocast, NHWC: the gpu presets); none is saved with the policy.
-    policy = policy.to(dev).train().speed(scale.amp_dtype(cfg.amp), cfg.channels_last)
-    scale.compile_module(policy.unet, dev, cfg.compile)  # --compile: the UNet's forward, static shapes
-    policy.distribute(dev)  # gradient averaging across ranks under torchrun (no-op otherwise)
-    # The global RNG (sft_loss's timesteps and noise) differs per rank: same weights, different draws.
-    torch.manual_seed(config.seed("sft/global", cfg.seed, scale.rank()))
-    # fused AdamW: one kernel for the whole update on CUDA (the CPU path has no fused variant worth using)
-    opt = torch.optim.AdamW(
-        policy.unet.parameters(), lr=cfg.sft_lr, weight_decay=1e-4, fused=dev.type == "cuda"
-    )
-    main_rank, rank = scale.is_main(), scale.rank()
-    state_path, start = os.path.join(cfg.out_dir, "state.pt"), 0
-    # --resume of an interrupted SFT: its weights and AdamW moments; the data streams need no state.
-    if st is not None and st.get("phase") == "sft":
+        policy = make_policy(PolicyConfig(
+            residual_scale=estimate_residual_scale(lr, hr), block_out_channels=cfg.unet_channels,
+            layers_per_block=cfg.unet_layers, steps=cfg.sample_steps, eta=cfg.eta,  # sample as RL will
+        ))  # fmt: skip
+    scale.for_training(policy.to(dev).train(), dev, cfg)  # bf16 / NHWC / compile / DDP, never saved
+    torch.manual_seed(config.seed("sft/global", cfg.seed, rank))  # sft_loss's t and noise differ per rank
+    params, fused = policy.unet.parameters(), dev.type == "cuda"  # fused AdamW: one kernel on CUDA
+    opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=1e-4, fused=fused)
+    start = 0
+    if st is not None and st.get("phase") == "sft":  # --resume: weights and AdamW moments; data needs none
         policy.unet.load_state_dict(st["unet"])
         opt.load_state_dict(st["opt"])
         start = int(st["step"])
         print(f"resuming SFT at step {start}") if main_rank else None
-    nan = rundir.NanGuard("SFT")
-
-    def save_state(step):
-        if main_rank:  # one writer; the weights are the same on every rank
-            state = {"phase": "sft", "step": step, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
-            rundir.torch_save_atomic(state, state_path)
+    nan, resume_at = rundir.NanGuard("SFT"), start  # resume_at: the first step not yet done
 
     # The loop: cosine learning rate, one batch from (seed, step, rank), the denoising loss, the NaN guard,
-    # a log row every 10 steps and a resume point every ckpt_every.
-    bar = tqdm(
-        range(start, cfg.sft_steps),
-        desc=f"SFT (residual scale {pcfg.residual_scale:.1f})",
-        initial=start,
-        total=cfg.sft_steps,
-        disable=not main_rank,
-    )
-    resume_at = start  # the first step not yet done: where a Ctrl-C continues
-    try:
+    # a log row every 10 steps and a resume point every ckpt_every; Ctrl-C saves the state first.
+
+    def save_state():  # one writer, rank 0; the weights are the same on every rank
+        state = {"phase": "sft", "step": resume_at, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
+        rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt")) if main_rank else None
+
+    bar = tqdm(range(start, cfg.sft_steps), desc=f"SFT (residual scale {policy.cfg.residual_scale:.1f})",
+               initial=start, total=cfg.sft_steps, disable=not main_rank)  # fmt: skip
+    with rundir.saved_on_interrupt(save_state, lambda: f"SFT step {resume_at}"):
         for step in bar:
             for group in opt.param_groups:  # cosine decay to 2 % of the peak rate
                 group["lr"] = config.cosine_lr(cfg.sft_lr, step, cfg.sft_steps)
-            # This step's images from (seed, rank, step) alone: ranks differ, --resume needs no RNG state.
+            # This step's images from (seed, step, rank) alone: ranks differ, --resume needs no RNG state.
             g = config.generator("sft/draw", cfg.seed, step, rank)
             hr, lr = data.training_pairs(pool, cfg.sft_batch, cfg.crop, cfg.degrade_max, g)
             loss = policy.sft_loss(hr.to(dev), lr.to(dev))  # ‖f_θ(x_t, t, LR) − x0‖² at random t (DDPM)
@@ -137,24 +111,17 @@ def train_sft(cfg, pool, dev, log, st=None):
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             resume_at = step + 1
             if resume_at % cfg.ckpt_every == 0:
-                save_state(resume_at)
-    except KeyboardInterrupt:
-        save_state(resume_at)
-        raise SystemExit(
-            f"interrupted at SFT step {resume_at}: state saved; continue with --resume"
-        ) from None
+                save_state()
     nan.done()  # the last steps non-finite: a failed run (exit non-zero), nothing saved
     policy.eval()
-    if not main_rank:  # rank 0 saves and reports; the others wait for the file, then go on to RL
-        scale.barrier()
-        return policy
-    t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)  # before saving: a policy whose images are
-    if not all(math.isfinite(v["policy"]) for v in t.values()):  # not finite is a failure, never a result
-        raise SystemExit("error: the SFT policy gives non-finite images; not saved. Lower --sft_lr")
-    save_policy(policy, path)
-    log.write(json.dumps({"step": cfg.sft_steps, "phase": "sft", "psnr_val": t}) + "\n")
-    cells = [f"{k} LR: policy {v['policy']:.2f} dB, bicubic {v['bicubic']:.2f} dB" for k, v in t.items()]
-    print("SFT done. PSNR-Y on held-out crops (eta = 0):  " + "  ".join(cells))
+    if main_rank:  # rank 0 checks, saves and reports; the others wait for the file, then go on to RL
+        t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)  # non-finite images: never saved
+        if not all(math.isfinite(v["policy"]) for v in t.values()):
+            raise SystemExit("error: the SFT policy gives non-finite images; not saved. Lower --sft_lr")
+        save_policy(policy, path)
+        log.write(json.dumps({"step": cfg.sft_steps, "phase": "sft", "psnr_val": t}) + "\n")
+        cells = [f"{k} LR: policy {v['policy']:.2f} dB, bicubic {v['bicubic']:.2f} dB" for k, v in t.items()]
+        print("SFT done. PSNR-Y on held-out crops (eta = 0):  " + "  ".join(cells))
     scale.barrier()
     return policy
 
@@ -166,4 +133,4 @@ def anchor(cfg, dev):
     if cfg.beta_kl <= 0:
         return None
     ref = freeze(load_policy(cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft"), dev))
-    return ref.speed(scale.amp_dtype(cfg.amp), cfg.channels_last)
+    return scale.speed(ref, scale.amp_dtype(cfg.amp), cfg.channels_last)

@@ -1,4 +1,4 @@
-"""RL fine-tuning of the diffusion SR policy with FinPercep-RM under the co-evolutionary curriculum.
+"""RL fine-tuning of the diffusion SR policy with FinPercep-RM as the reward, under the curriculum (CCL).
 
     python train_rm.py && python train_rl.py            # CPU defaults: SFT warm start, then RL (~6 min)
     python train_rl.py --sft_only                       # just the supervised warm start → out/rl/policy_sft
@@ -9,9 +9,9 @@
     python train_rl.py --resume                         # continue an interrupted run (Ctrl-C saves first)
 
 Without --init_policy, SFT (sft.py) first makes the starting policy (cached as out_dir/policy_sft). Then
-each RL step, in main() in the order it runs (method.md §4–5; kvablack/ddpo-pytorch is the model): the
-curriculum's reward stage(s) → a batch → pg: G samples per LR with their log-probs → reward and map →
-advantages with per-pixel local penalties → the PPO update; refl: one step with grad → relu(c − reward) →
+each RL step, in main() in the order it runs (docs/method.md §4–5; kvablack/ddpo-pytorch is the model): the
+curriculum's reward stage(s) → a batch → pg_update: G samples per LR with their log-probs → reward and map →
+advantages with per-pixel local penalties → PPO; or refl_update: one step with grad → relu(c − reward) →
 clip, finiteness check, step → the log row: reward, reward_final (RM_N), gold (label map vs HR), psnr, so
 hacking — proxy up, gold not — shows while it happens.
 """
@@ -55,7 +55,7 @@ class Config:
     curriculum: str = "ccl"  # ccl | none (RM_N throughout) | global (RM_0 throughout)
     switch: str = "fixed"  # fixed (at fractions of the run) | plateau (when the reward's average stalls)
     blend: int = 10  # steps of linear blend between consecutive RM stages
-    coevolve: bool = False  # online co-evolution: the RM stage in use learns from the rollouts (curriculum)
+    coevolve: bool = False  # online refresh: the RM stage in use learns from the rollouts (curriculum.py)
     coevolve_every: int = 5  # RL steps between RM refreshes
     coevolve_steps: int = 2  # AdamW steps per refresh, each on the rollout's groups + coevolve_zoo triplets
     coevolve_zoo: int = 8  # zoo triplets per refresh step: the RM must not forget the zoo
@@ -79,14 +79,13 @@ class Config:
     group: int = 4  # G samples per LR image (same LR, different noise): the advantage baseline
     sample_steps: int = 6  # K DDIM steps per rollout (Flow-GRPO trains with 10; 6 is cheaper on CPU)
     # DDPO's timestep_fraction (2 of the K − 1 = 5 trainable steps); a trained step costs ~3 sampling ones.
-    # K = 6, 0.4, 48 px: 60 oracle-map steps in 50 s for 0.012 of gold; K = 8, 0.5, 64 px: the same in 125 s.
     train_fraction: float = 0.4  # share of the trainable steps each update trains on, drawn at random
-    # σ floor (method.md "What makes RL work here"): the last DDIM step has σ ≈ 0.010 (≈ 0.2/255 in the
-    # image); no reward depends on that noise, yet its (ε/σ)·∇μ term had 96 % of the update's gradient norm
-    # (5.42 vs 0.11 for the next step, K = 8): a random walk. 0.05 ≈ 1/255; the next-smallest σ is 0.35.
+    # σ floor: the last DDIM step has σ ≈ 0.010 (≈ 0.2/255 in the image); no reward depends on that noise, yet
+    # its (ε/σ)·∇μ term dominates the gradient norm (docs/experiments.md, "What makes RL learn"). 0.05 ≈ 1/255
+    # leaves out that step alone: the next-smallest σ is 0.46 at K = 6 (each run prints them).
     sigma_min: float = 0.05  # σ floor: DDIM steps with a smaller std are never trained
     eta: float = 1.0  # DDIM eta: 1 = every step a full Gaussian (DDPO's choice)
-    lr: float = 1e-4  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA); 3e-5 barely moved it in 100 steps
+    lr: float = 1e-4  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA)
     grad_clip: float = 1.0  # global grad-norm clip
     adv_clip: float = 5.0  # advantages clipped to ±5 (DDPO)
     ppo_clip: float = 1e-4  # PPO clip of the per-sample ratio (DDPO); binds only when ppo_epochs > 1
@@ -96,12 +95,11 @@ class Config:
     fused: bool = False  # reward = λ1·S + λ2·(1 − smooth_max(M)) instead of the coupled score S alone
     lam1: float = 0.5  # fused reward weights
     lam2: float = 0.5  # (λ1 on the score, λ2 on 1 − smooth max of the map)
-    # The anchor, swept on the oracle-map and placebo arms (docs/experiments.md): at β = 0 the placebo's
-    # random walk cost 0.024 of gold (spread 0.038); at 1 it stays at SFT's while the oracle gains 2.7 SE.
+    # The anchor's strength, swept against the placebo and oracle-map arms (docs/experiments.md).
     beta_kl: float = 1.0  # KL to the SFT policy on step means (pg); 0 = no anchor
-    # λ_sft, the supervised loss as a regulariser; −1 = the algorithm's own: pg 0 (worse at every weight,
-    # docs/experiments.md), refl 3 (ImageReward's regulariser, weight swept against ReFL's placebo and oracle)
-    lam_sft: float = -1.0  # the supervised regulariser's weight; −1 = the algorithm's own (pg 0, refl 3)
+    # λ_sft, the supervised loss as a regulariser: pg is worse with it at every weight, ReFL needs it
+    # (ImageReward's regulariser); both weights swept against the placebo and oracle (docs/experiments.md).
+    lam_sft: float = -1.0  # the supervised regulariser's weight; −1 = the algorithm's own (LAM_SFT)
     lam_lr: float = 0.0  # LR consistency λ_lr·|down(SR) − LR| (pg: a reward penalty; refl: a loss term)
     refl_last: int = 3  # refl: stop at one of the last refl_last steps (ImageReward: steps 30–39 of 40)
     refl_c: float = 1.0  # refl: relu(c − reward); scores live in [0, 1], so c = 1 is "always push up"
@@ -126,6 +124,8 @@ class Config:
         )  # fmt: skip
 
 
+LAM_SFT = {"pg": 0.0, "refl": 3.0}  # each algorithm's own λ_sft (Config.lam_sft says why)
+
 # GPU presets (docs/scaling.md): bf16 autocast, channels_last, TF32. gpu: sized for evaluate.py
 # --preset=gpu to run in minutes on one H200 (pending a measurement); gpu_full: 256² HR (LR 64), a 66M UNet,
 # B·G = 64 with the recompute in chunks of 16 (the whole 64 at once ran out of memory on an H200).
@@ -141,7 +141,7 @@ PRESETS = {
 
 
 # ----------------------------------------------------------------------------------------------------
-# The algebra of the update (method.md §4): small pure functions, each with its formula
+# The algebra of the update (docs/method.md §4): small pure functions, each with its formula
 
 
 def group_advantages(r: torch.Tensor, G: int, clip: float) -> torch.Tensor:
@@ -205,7 +205,7 @@ def trained_steps(std: tuple, sigma_min: float, fraction: float, g: torch.Genera
 
 
 def main(cfg: Config) -> str:
-    dev = scale.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
+    dev = scale.setup(cfg.device)  # + the process group under torchrun (docs/scaling.md)
     scale.fast_math(dev, cfg.tf32)
     main_rank, rank = scale.is_main(), scale.rank()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -222,92 +222,39 @@ def main(cfg: Config) -> str:
     if cfg.sft_only:
         log.close()
         return cfg.out_dir
-    # The reward source (rewards.py) gives the reward; RM_N is also the judge logged as reward_final in every
-    # run, whatever its source, so the curves of all arms compare. --coevolve trains copies (curriculum.py).
+    # The reward source (rewards.py) gives the reward; RM_N also judges every run (reward_final), whatever
+    # its source, so the curves of all arms compare. --coevolve refreshes copies of the RMs (curriculum.py).
     coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None
-    for r in rms:  # the frozen ones: rewards and the reward_final judge
+    for r in rms:
         scale.compile_module(r, dev, cfg.compile)
     source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
-    # The policy samples with the K and eta RL trains it with: saved in policy.json, upscale()'s defaults.
-    policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta
+    policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta  # saved in policy.json: upscale's defaults
     ref = sft.anchor(cfg, dev)  # the KL anchor: a frozen copy of the starting policy, when beta_kl > 0
-    policy.speed(scale.amp_dtype(cfg.amp), cfg.channels_last)  # bf16 autocast / NHWC when asked
-    scale.compile_module(policy.unet, dev, cfg.compile)
-    policy.train().distribute(dev)  # gradient averaging across ranks under torchrun
-    # The global RNG (sft_loss's timesteps and noise: the lam_sft regulariser) differs per rank.
-    torch.manual_seed(config.seed("rl/global", cfg.seed, rank))
+    scale.for_training(policy.train(), dev, cfg)  # bf16 / NHWC / compile / DDP, as the flags ask
+    torch.manual_seed(config.seed("rl/global", cfg.seed, rank))  # sft_loss's draws differ per rank
     sched = Schedule(cfg.curriculum, source.n_stages, cfg.steps, blend=cfg.blend, switch=cfg.switch)
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
-    start = resume(st, policy, opt, sched, coevo, main_rank)  # the co-evolved RMs load in place
-    nan, G = rundir.NanGuard("RL"), cfg.group
+    start = resume(st, policy, opt, sched, coevo, main_rank)  # the refreshed RMs load in place
+    nan, update = rundir.NanGuard("RL"), pg_update if cfg.algo == "pg" else refl_update
     # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA.
     draw = lambda s: data.training_pairs(pool, cfg.batch, cfg.crop, cfg.degrade_max,  # noqa: E731
                                          config.generator("rl/draw", cfg.seed, s, rank))  # fmt: skip
-    batches = scale.prefetch(draw, range(start, cfg.steps), dev.type == "cuda")
-    bar = tqdm(batches, desc=f"RL {cfg.algo}/{cfg.curriculum}", initial=start, total=cfg.steps,
-               disable=not main_rank)  # fmt: skip
+    bar = tqdm(scale.prefetch(draw, range(start, cfg.steps), dev.type == "cuda"), initial=start,
+               desc=f"RL {cfg.algo}/{cfg.curriculum}", total=cfg.steps, disable=not main_rank)  # fmt: skip
     resume_at, row = start, None  # the first step not yet applied (where a Ctrl-C continues), the last row
-    try:
+    save = lambda: save_state(cfg, resume_at, policy, opt, sched, coevo)  # noqa: E731
+    with rundir.saved_on_interrupt(save, lambda: f"RL step {resume_at}"):
         for step, batch in bar:
-            #### CURRICULUM: which reward stage(s), with which weights (curriculum.Schedule, method.md §5)
+            #### CURRICULUM: which reward stage(s), with which weights (curriculum.Schedule, method §5)
             stage, weights = sched.stage_at(step), sched.at(step)
             if step > 0 and stage != sched.stage_at(step - 1) and main_rank:  # a switch: checkpoint first
                 save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))
             #### BATCH: HR crops, their LR, and this step's noise generator, on the device
             hr, lr = (x.to(dev, non_blocking=True) for x in batch)
             gen = config.generator("rl/noise", cfg.seed, step, rank, device=dev)
+            #### ROLLOUT → REWARD → LOSS → BACKWARD, by pg or ReFL (the two functions below)
             opt.zero_grad(set_to_none=True)
-            share = None
-            if cfg.algo == "pg":
-                #### SAMPLING: G samples per LR image — DDIM with eta > 0 is a Gaussian policy — with the
-                #### per-step, per-pixel log-probs of every action (policy.sample)
-                lr_g, hr_g = lr.repeat_interleave(G, 0), hr.repeat_interleave(G, 0)
-                sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)
-                #### REWARD AND MAP: the stage(s) in use score every sample (rewards.py); a blended map
-                r, M, w_map, rewards = reward_and_map(source, weights, sr, hr_g, lr_g, step, cfg)
-                #### ADVANTAGES: the group-normalised score A_i plus the map's local penalty D_i(p)
-                size = traj.logprob.shape[-2:]  # the log-prob's size (a latent policy's: 1/4 of the map's)
-                adv = pixel_advantages(r, M, w_map, G, cfg.lam_px, cfg.adv_clip, size).detach()
-                ks = trained_steps(traj.std, cfg.sigma_min, cfg.train_fraction,
-                                   config.generator("rl/steps", cfg.seed, step))  # fmt: skip
-                #### TRAINING: PPO over the stored trajectory; between epochs the optimiser steps, so later
-                #### epochs see θ ≠ θ_old and the per-sample clip binds. At θ_old the ratio is 1 in exact
-                #### arithmetic; a kernel that rounds differently (bf16) could move it past DDPO's tiny clip,
-                #### so the first pass is the plain surrogate.
-                loss = torch.zeros((), device=dev)
-                for epoch in range(cfg.ppo_epochs):
-                    if epoch > 0:  # clip, step (unless not finite: a host sync), clear; then the next epoch
-                        if torch.isfinite(
-                            torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
-                        ):
-                            opt.step()
-                        opt.zero_grad(set_to_none=True)
-                    clip = cfg.ppo_clip if epoch > 0 else math.inf
-                    pass_loss, rho, log_ratio = ppo_pass(policy, ref, traj, lr_g, hr, lr, adv, ks, cfg, clip)
-                    loss = loss + pass_loss / cfg.ppo_epochs
-                clip_frac = ((rho - 1).abs() > cfg.ppo_clip).float().mean()  # binds after the first epoch
-                stats = {"reward": r.mean(), "reward_std": r.std(), "approx_kl": 0.5 * (log_ratio**2).mean(),
-                         "clip_frac": clip_frac, "flat_groups": flat_groups(r, M, G),
-                         **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards}}  # fmt: skip
-                if step == 0:  # once per run: each DDIM step's share of the gradient norm (the σ floor)
-                    share = list(zip(policy.step_grad_norms(traj, lr_g[:G], adv[:G]), traj.std))
-            else:
-                #### REFL (the paper's): sample without grad to a random late step, one step with grad, and
-                #### the reward of its predicted x0 through the frozen reward model
-                K, g_stop = cfg.sample_steps, config.generator("rl/refl_stop", cfg.seed, step)
-                stop = int(torch.randint(max(0, K - cfg.refl_last), K, (), generator=g_stop))  # a late step
-                sr = policy.refl_sample(lr, K, stop, cfg.eta, gen)  # differentiable w.r.t. the UNet
-                hr_g = hr
-                r = sum(w * source.stages[s](sr, hr, step)[0] for s, w in weights)
-                loss = F.relu(cfg.refl_c - r).mean()  # relu(c − r): push the reward up until c
-                if sft_weight(cfg) > 0:
-                    loss = loss + sft_weight(cfg) * policy.sft_loss(hr, lr)
-                if cfg.lam_lr > 0:
-                    loss = loss + cfg.lam_lr * lr_consistency(sr, lr).mean()
-                loss.backward()
-                sr, r = sr.detach(), r.detach()
-                stats = {"reward": r.mean(), "reward_std": r.std(unbiased=False),
-                         "reward_var": r.var(unbiased=False)}  # fmt: skip
+            sr, hr_g, loss, stats, share = update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt)
             #### STEP: clip the gradient, judge the samples, and — if everything is finite — step
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
             stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **judges(rms, sr, hr_g)}
@@ -321,10 +268,9 @@ def main(cfg: Config) -> str:
             if not nan.ok(finite, step, cause):
                 continue
             opt.step()
-            # The RM stage in use (the one the curriculum is at or blending into) learns from this rollout;
-            # the reward's stages hold these very modules, so the next step is rewarded by the new weights.
+            # --coevolve: the RM stage in use learns from this rollout; the reward's stages are these modules.
             if coevo is not None:
-                coevo.refresh(step, weights[-1][0], sr, hr_g, G if cfg.algo == "pg" else 1)
+                coevo.refresh(step, weights[-1][0], sr, hr_g, cfg.group if cfg.algo == "pg" else 1)
             if cfg.switch == "plateau":
                 sched.update(step, float(stats["reward"]))
             #### LOG: what was optimised, RM_N's view, the gold judge — hacking shows as reward up, gold not
@@ -334,25 +280,76 @@ def main(cfg: Config) -> str:
             bar.set_postfix(stage=stage, r=f"{row['reward']:.3f}", rN=f"{row['reward_final']:.3f}",
                             gold=f"{row['gold']:.3f}")  # fmt: skip
             if resume_at % cfg.ckpt_every == 0:
-                save_state(cfg, resume_at, policy, opt, sched, coevo)
-    except KeyboardInterrupt:
-        save_state(cfg, resume_at, policy, opt, sched, coevo)
-        log.close()
-        raise SystemExit(f"interrupted at RL step {resume_at}: state saved; continue with --resume") from None
+                save()
     log.close()
     nan.done()  # the run ended on non-finite steps: a failed run (exit non-zero), no final checkpoint
     if main_rank:
         save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{sched.stage_at(cfg.steps - 1)}"))
         save_policy(policy, os.path.join(cfg.out_dir, "policy_final"))
-        for k, r in enumerate(coevo.rms if coevo else []):  # the co-evolved stages, beside the policy
+        for k, r in enumerate(coevo.rms if coevo else []):  # the refreshed stages, beside the policy
             save_rm(r, os.path.join(cfg.out_dir, "rm_coevolved", f"rm_stage{k}"))
         save_state(cfg, cfg.steps, policy, opt, sched, coevo)
-        if row is not None:  # the last row; report.summary gives any run's first → last 10 %
+        if row is not None:
             print(f"RL done: {cfg.out_dir}/policy_final; last step: reward_final {row['reward_final']:.3f},"
                   f" gold {row['gold']:.3f}, psnr {row['psnr']:.2f} (gold: lower is better)")  # fmt: skip
     scale.barrier()  # nobody leaves before rank 0 has written the final checkpoints
     scale.teardown()
     return cfg.out_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# One RL step's rollout, reward and loss, by each algorithm. Both backpropagate; main clips and steps.
+
+
+def pg_update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt):
+    """Policy gradient (ours, docs/method.md §4): G samples per LR with their per-step, per-pixel log-probs
+    (DDIM with eta > 0 is a Gaussian policy) → reward and map → per-pixel advantages → PPO over a random
+    share of the trainable steps. Returns (sr, hr per sample, loss, stats, the step-0 gradient shares)."""
+    G = cfg.group
+    lr_g, hr_g = lr.repeat_interleave(G, 0), hr.repeat_interleave(G, 0)
+    sr, traj = policy.sample(lr_g, cfg.sample_steps, cfg.eta, gen, return_traj=True)
+    r, M, w_map, rewards = reward_and_map(source, weights, sr, hr_g, lr_g, step, cfg)  # rewards.py
+    size = traj.logprob.shape[-2:]  # the log-prob's size (a latent policy's: 1/4 of the map's)
+    adv = pixel_advantages(r, M, w_map, G, cfg.lam_px, cfg.adv_clip, size).detach()
+    g_steps = config.generator("rl/steps", cfg.seed, step)
+    ks = trained_steps(traj.std, cfg.sigma_min, cfg.train_fraction, g_steps)  # never below the σ floor
+    # PPO epochs: between them the optimiser steps, so later epochs see θ ≠ θ_old and the clip binds. At θ_old
+    # the ratio is 1 in exact arithmetic; a kernel that rounds differently (bf16) could move it past DDPO's
+    # tiny clip, so the first pass is the plain surrogate.
+    loss = torch.zeros((), device=hr.device)
+    for epoch in range(cfg.ppo_epochs):
+        if epoch > 0:  # clip, step (unless not finite: a host sync), clear; then the next epoch
+            if torch.isfinite(torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)):
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+        clip = cfg.ppo_clip if epoch > 0 else math.inf
+        pass_loss, rho, log_ratio = ppo_pass(policy, ref, traj, lr_g, hr, lr, adv, ks, cfg, clip)
+        loss = loss + pass_loss / cfg.ppo_epochs
+    clip_frac = ((rho - 1).abs() > cfg.ppo_clip).float().mean()  # binds after the first epoch only
+    stats = {"reward": r.mean(), "reward_std": r.std(), "approx_kl": 0.5 * (log_ratio**2).mean(),
+             "clip_frac": clip_frac, "flat_groups": flat_groups(r, M, G),
+             **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards}}  # fmt: skip
+    # Once per run: each DDIM step's share of the gradient norm, with its σ (what the σ floor leaves out).
+    share = list(zip(policy.step_grad_norms(traj, lr_g[:G], adv[:G]), traj.std)) if step == 0 else None
+    return sr, hr_g, loss, stats, share
+
+
+def refl_update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt):
+    """ReFL (the paper's, docs/method.md §4): sample without grad to a random late step, one step with grad,
+    score its predicted x0 with the frozen reward, loss relu(c − reward) + λ_sft · the supervised loss."""
+    K, g_stop = cfg.sample_steps, config.generator("rl/refl_stop", cfg.seed, step)
+    stop = int(torch.randint(max(0, K - cfg.refl_last), K, (), generator=g_stop))  # one of the last steps
+    sr = policy.refl_sample(lr, K, stop, cfg.eta, gen)  # differentiable w.r.t. the UNet
+    r = sum(w * source.stages[s](sr, hr, step)[0] for s, w in weights)
+    loss = F.relu(cfg.refl_c - r).mean()  # relu(c − r): push the reward up until c
+    if sft_weight(cfg) > 0:
+        loss = loss + sft_weight(cfg) * policy.sft_loss(hr, lr)
+    if cfg.lam_lr > 0:
+        loss = loss + cfg.lam_lr * lr_consistency(sr, lr).mean()
+    loss.backward()
+    r = r.detach()
+    stats = {"reward": r.mean(), "reward_std": r.std(unbiased=False), "reward_var": r.var(unbiased=False)}
+    return sr.detach(), hr, loss, stats, None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -370,7 +367,7 @@ def ppo_pass(policy, ref, traj, lr_g, hr, lr, adv, ks, cfg, clip):
     total = torch.zeros((), device=lr_g.device)
     for i, (k, c) in enumerate(work):  # loops over steps and chunks; never over single samples
         last = i == len(work) - 1
-        with contextlib.nullcontext() if last else policy.no_sync():
+        with contextlib.nullcontext() if last else scale.no_sync(policy):
             x_t, x_prev, lr_c = traj.x[k][c], traj.x[k + 1][c], lr_g[c]
             mean, std = policy.step_stats(x_t, traj.t[k], lr_c, traj.steps, traj.eta)  # one UNet forward
             logp = policy.gaussian_logprob(x_prev, mean, std)  # = policy.step_logprob, from that forward
@@ -388,12 +385,13 @@ def ppo_pass(policy, ref, traj, lr_g, hr, lr, adv, ks, cfg, clip):
 
 
 def sft_weight(cfg) -> float:
-    """λ_sft of --lam_sft: −1 resolves to the algorithm's own weight (pg 0, refl 3, the Config's comment)."""
-    return cfg.lam_sft if cfg.lam_sft >= 0 else 3.0 * (cfg.algo == "refl")
+    """λ_sft of --lam_sft: −1 resolves to the algorithm's own weight (LAM_SFT)."""
+    return cfg.lam_sft if cfg.lam_sft >= 0 else LAM_SFT[cfg.algo]
 
 
 def log_row(step, stage, weights, stats, share, cfg, main_rank) -> dict:
-    """A step's metrics.jsonl row (design.md's keys); step 0 adds each DDIM step's gradient share and σ."""
+    """A step's metrics.jsonl row (step, phase, stage, blend, the stats); step 0 adds each DDIM step's
+    gradient share and σ."""
     row = {"step": step, "phase": "rl", "stage": stage, "blend": weights[-1][1], "weights": weights}
     row.update({k: float(v) for k, v in stats.items()})
     if share:

@@ -142,97 +142,64 @@ PRESETS = {
 
 
 def main(cfg: Config) -> str:
-    dev = scale.setup(cfg.device)  # + the process group under torchrun (config.py: DDP)
+    dev = scale.setup(cfg.device)  # + the process group under torchrun (docs/scaling.md)
     main_rank, rank = scale.is_main(), scale.rank()
     amp = scale.amp_dtype(cfg.amp)
     scale.fast_math(dev, cfg.tf32)
     #### INPUTS first — the base, data, held-out set, policy samples, resume state — so a run that fails on
     #### them leaves whatever is in out_dir untouched; only then the log (rundir.open_log).
-    base = load_base(cfg, dev)  # S_base: the frozen base, L_align's anchor (method.md §3); None: trained here
+    base = load_base(cfg, dev)  # S_base: the frozen base, L_align's anchor (method §3); None: trained here
     pool = images.load_pool(cfg.data, "train", cfg.crop)
     pool.augment = cfg.augment  # the RM's crops only: SFT and RL draw theirs from pools of their own
     v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
-    bank, hooks = None, None
-    # With --policy: its samples as a zoo member, groups for L_group, and a held-out bank for the table.
-    if cfg.policy:
-        g = config.generator("rm/policies", cfg.seed)
-        pols = policies(cfg.policy, cfg.drifts, cfg.drift_lr, pool, cfg.crop, g, dev)
-        hooks = [policy_member(pols)]
-        g = config.generator("rm/bank", cfg.seed)
-        bank = policy_bank(pols, pool, cfg.bank, cfg.bank_group, cfg.crop, g)
-        if main_rank:
-            g, held = config.generator("rm/val_bank", cfg.seed), images.heldout_pool(cfg.data, cfg.crop)
-            v["policy"] = policy_bank(pols, held, 16, cfg.bank_group, cfg.crop, g)
+    hooks, bank = policy_samples(cfg, pool, v, dev) if cfg.policy else (None, None)
     st = rundir.resume_state(cfg)
     start_stage, start_step = (int(st["stage"]), int(st["step"])) if st else (0, 0)
     rows = json.loads(st["rows"]) if st else []  # the validation rows of the stages already done
-
-    # On --resume the rows logged past the resumed step (before a kill) are dropped: each step appears once;
-    # a finished stage keeps all its rows, its validation row too.
-    def keep(r):
-        return r["stage"] < start_stage or (
-            r["stage"] == start_stage and r["step"] < start_step and "val" not in r
-        )
-
-    log = rundir.open_log(cfg, "train_rm", keep if st else None)
+    log = rundir.open_log(cfg, "train_rm", resume_filter(st))
     print(f"resuming at stage {start_stage}, step {start_step}") if st and main_rank else None
-
-    #### MODEL: RM_0 = the base's, or from a seed of its own (the same on every rank)
+    #### MODEL: RM_0 = a trainable copy of the base's, or from a seed of its own (the same on every rank)
     torch.manual_seed(config.seed("rm/init", cfg.seed))
-    if base is not None:  # a trainable copy of the frozen base
+    if base is not None:
         model = copy.deepcopy(base).requires_grad_(True)
     else:
         model = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
-    opt = None
     nan, t0, commit = rundir.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
-    stage, resume_at = start_stage, start_step  # where a Ctrl-C would continue from
-
-    # state.pt: where to go on (stage, step), the finished stages' validation rows, and — inside a stage — its
-    # weights and AdamW moments; the finished stages' weights are in rm_stage{k}/ already.
-    def save_state(stage, step, model=None, opt=None):  # rank 0 writes; the weights agree on every rank
-        if main_rank:
-            weights = {"model": model.state_dict(), "opt": opt.state_dict()} if opt is not None else {}
-            state = {"stage": stage, "step": step, "rows": json.dumps(rows), **weights}
-            rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt"))
-
-    # The stages, RM_0 … RM_N; a Ctrl-C anywhere saves where it was (KeyboardInterrupt below).
-    try:
+    opt, stage, resume_at = None, start_stage, start_step  # where a Ctrl-C would continue from
+    save = lambda: save_state(cfg, stage, resume_at, rows, model, opt)  # noqa: E731
+    with rundir.saved_on_interrupt(save, lambda: f"RM_{stage} step {resume_at}"):
         for stage in range(start_stage, cfg.n_stages + 1):
-            #### GROWTH: RM_k from RM_{k-1}, one finer decoder level, function-preserving (method.md §5)
+            #### GROWTH: RM_k from RM_{k-1}, one finer decoder level, function-preserving (method §5)
             if stage > 0:  # (or the base's own RM_k, when it has one: grown when the base was pretrained)
                 base = base or freeze(load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
                 pre = os.path.join(base_dir(cfg), f"rm_stage{stage}") if cfg.base != "none" else ""
                 prev = os.path.join(cfg.out_dir, f"rm_stage{stage - 1}")
                 model = (load_rm(pre, dev) if os.path.isdir(pre) else grow(load_rm(prev, dev))).to(dev)
             model.train()
-            if cfg.channels_last:
+            if cfg.channels_last:  # NHWC: faster convolutions on tensor cores
                 model.to(memory_format=torch.channels_last)
             scale.compile_module(model, dev, cfg.compile)
-            opt = torch.optim.AdamW(
-                model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=dev.type == "cuda"
-            )
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    fused=dev.type == "cuda")  # fmt: skip
             first = resume_at = start_step if stage == start_stage else 0
             if first > 0:  # resuming inside this stage: its weights and optimiser moments come from state.pt
                 model.load_state_dict(st["model"])
                 opt.load_state_dict(st["opt"])
             # The stage's budget and data: later stages see smaller regions and subtler artifacts.
             n_steps, diff = cfg.stage_steps[stage], rm_difficulty(stage, cfg.n_stages)
-            # The losses run through DDP under torchrun (gradient averaging); a plain run: the model itself.
-            net = scale.ddp(model, dev)
+            net = scale.ddp(model, dev)  # the losses run through DDP under torchrun (gradient averaging)
 
             #### BATCH: FGR triplets from (seed, stage, step, rank) alone: every rank draws other data, and
-            #### --resume continues the same streams without any stored generator state. On CUDA the next
-            #### step's batch is drawn in a thread while this one trains (scale.prefetch): the draw (Pillow,
-            #### label maps) would otherwise stall the GPU's short forward and backward. The step's generator
-            #### comes along, since the losses go on drawing from it (L_group's groups): the same stream.
+            #### --resume continues the same streams with no stored generator state. The step's generator
+            #### comes along: the losses go on drawing from it (L_group's groups).
             def draw(step, stage=stage, diff=diff):
                 g = config.generator("rm/draw", cfg.seed, stage, step, rank)
                 return g, data.fgr_batch(pool, cfg.batch, cfg.crop, diff, g, hooks, dev,
                                          p_classical=cfg.p_classical)  # fmt: skip
 
-            batches = scale.prefetch(draw, range(first, n_steps), dev.type == "cuda")
-            bar = tqdm(batches, desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", initial=first,
-                       total=n_steps, leave=False, disable=not main_rank)  # fmt: skip
+            bar = tqdm(scale.prefetch(draw, range(first, n_steps), dev.type == "cuda"), initial=first,
+                       desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", total=n_steps, leave=False,
+                       disable=not main_rank)  # fmt: skip
             for step, (g, batch) in bar:
                 # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
                 for group in opt.param_groups:
@@ -243,56 +210,82 @@ def main(cfg: Config) -> str:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                finite = bool(torch.isfinite(loss) & torch.isfinite(gnorm))
-                if nan.ok(finite, step, "lower --lr (or check --data)"):
+                if nan.ok(
+                    bool(torch.isfinite(loss) & torch.isfinite(gnorm)), step, "lower --lr or check --data"
+                ):
                     opt.step()
                 #### LOG every log_every steps (the effective batch's losses); a resume point every ckpt_every
                 if step % cfg.log_every == 0 or step == n_steps - 1:
-                    parts = scale.mean_over_ranks(parts)
-                    row = {
-                        "step": step,
-                        "phase": "rm",
-                        "stage": stage,
-                        **{k: float(x) for k, x in parts.items()},
-                    }
-                    log.write(json.dumps(row) + "\n")
+                    parts = {k: float(x) for k, x in scale.mean_over_ranks(parts).items()}
+                    log.write(json.dumps({"step": step, "phase": "rm", "stage": stage, **parts}) + "\n")
                     log.flush()
-                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("total", "rank", "map")})
+                    bar.set_postfix({k: f"{parts[k]:.3f}" for k in ("total", "rank", "map")})
                 resume_at = step + 1
                 if resume_at % cfg.ckpt_every == 0 and resume_at < n_steps:
-                    save_state(stage, resume_at, model, opt)
+                    save()
             nan.done()  # the stage ended on non-finite steps: a failed run (exit non-zero), nothing saved
-            # Rank 0 saves and validates; the others wait for its rm_stage{k}/ before growing it.
-            if not main_rank:
-                scale.barrier()
-                continue
-            #### STAGE DONE: validate RM_k, save it (and the crop it learned on: evaluate score tiles at it)
-            # The final stage also split by zoo member (validate's "members"): which artifacts it is blind to.
-            name = data.member_name if stage == cfg.n_stages else None
-            r = {"stage": stage, **validate(model.eval(), v, member_name=name)}
-            members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
-            extra = {"trained_steps": n_steps, "crop": cfg.crop, "made_by": provenance(model, r, t0, commit)}
-            save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
-            rows.append(r)
-            row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
-            log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
-            log.flush()
-            # A stage boundary: the weights are in rm_stage{k}/, the state says where to go on.
-            save_state(stage + 1, 0)
-            print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
-            if members:
-                print(f"RM_{stage} by zoo member ({cfg.val_n} held-out triplets; few per member, so noisy:"
-                      f" raise --val_n for a firmer split)\n" + format_members(members))  # fmt: skip
+            #### STAGE DONE: rank 0 validates and saves RM_k; the others wait for it before growing it
+            if main_rank:
+                finish_stage(cfg, model.eval(), v, stage, n_steps, rows, log, t0, commit)
             scale.barrier()
-    except KeyboardInterrupt:
-        save_state(stage, resume_at, model, opt)  # the stage's weights and moments, at the first undone step
-        log.close()
-        raise SystemExit(
-            f"interrupted: RM_{stage} at step {resume_at} saved; continue with --resume"
-        ) from None
     log.close()
     scale.teardown()
     return cfg.out_dir
+
+
+def finish_stage(cfg, model, v, stage: int, n_steps: int, rows: list, log, t0: float, commit: str) -> None:
+    """RM_k done: validate it on the held-out set (the last stage also split by zoo member: which artifacts it
+    is blind to), save it with the crop it learned on (evaluate's score tiles at it) and what made it, log the
+    row, mark the stage boundary in state.pt, print the table."""
+    name = data.member_name if stage == cfg.n_stages else None
+    r = {"stage": stage, **validate(model, v, member_name=name)}
+    members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
+    extra = {"trained_steps": n_steps, "crop": cfg.crop, "made_by": provenance(model, r, t0, commit)}
+    save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
+    rows.append(r)
+    row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
+    log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
+    log.flush()
+    save_state(cfg, stage + 1, 0, rows)  # a stage boundary: the weights are in rm_stage{k}/
+    print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
+    if members:
+        print(f"RM_{stage} by zoo member ({cfg.val_n} held-out triplets; few per member, so noisy:"
+              f" raise --val_n for a firmer split)\n" + format_members(members))  # fmt: skip
+
+
+def policy_samples(cfg, pool, v, dev):
+    """--policy: (the SR-zoo hook that samples the policies, the bank of groups for L_group); on rank 0 also a
+    held-out bank in v for the validation table (v["policy"])."""
+    g = config.generator("rm/policies", cfg.seed)
+    pols = policies(cfg.policy, cfg.drifts, cfg.drift_lr, pool, cfg.crop, g, dev)
+    bank = policy_bank(pols, pool, cfg.bank, cfg.bank_group, cfg.crop, config.generator("rm/bank", cfg.seed))
+    if v is not None:
+        g, held = config.generator("rm/val_bank", cfg.seed), images.heldout_pool(cfg.data, cfg.crop)
+        v["policy"] = policy_bank(pols, held, 16, cfg.bank_group, cfg.crop, g)
+    return [policy_member(pols)], bank
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resume, at the edges: state.pt holds where to go on (stage, step), the finished stages' validation rows,
+# and — inside a stage — its weights and AdamW moments (the finished stages' weights are in rm_stage{k}/).
+
+
+def save_state(cfg, stage: int, step: int, rows: list, model=None, opt=None) -> None:
+    if scale.is_main():  # rank 0 writes; the weights agree on every rank
+        weights = {"model": model.state_dict(), "opt": opt.state_dict()} if opt is not None else {}
+        state = {"stage": stage, "step": step, "rows": json.dumps(rows), **weights}
+        rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt"))
+
+
+def resume_filter(st):
+    """The log rows a resume keeps: a finished stage's all (its validation row too), the resumed stage's
+    before the resumed step (a kill -9 leaves more); None: a fresh run."""
+    if not st:
+        return None
+    at_stage, at_step = int(st["stage"]), int(st["step"])
+    return lambda r: (
+        r["stage"] < at_stage or (r["stage"] == at_stage and r["step"] < at_step and "val" not in r)
+    )
 
 
 def base_dir(cfg) -> str:
@@ -367,11 +360,11 @@ def drift(policy, steps: int, lr: float, pool, crop: int, g: torch.Generator):
     opt = torch.optim.Adam(pol.unet.parameters(), lr=lr)
     for _ in range(steps):  # each step: a noisy input as in SFT, and a fresh random direction to push it
         hr, lr_img = pool.pairs(4, crop, g)
-        x0 = pol.encode(hr, lr_img)
+        x0 = pol.space.encode(hr, lr_img)
         t = torch.randint(0, pol.cfg.num_train_timesteps, (len(x0),), generator=g)
         abar = pol.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * torch.randn(x0.shape, generator=g)  # DDPM eq. 4
-        out = pol.net(torch.cat([x_t, pol.condition(lr_img)], 1), t)
+        out = pol.net(torch.cat([x_t, pol.space.condition(lr_img)], 1), t)
         loss = -(torch.randn(out.shape, generator=g) * out).mean()  # a random direction in output space
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -394,7 +387,6 @@ def policy_groups(policy, hr: torch.Tensor, lr: torch.Tensor, G: int, g: torch.G
 def policies(policy_dirs: str, drifts: tuple, drift_lr: float, pool, crop: int, g, dev) -> list:
     """The given policies (comma-separated dirs) and drifted copies of the first (drift(): drifts = Adam steps
     per copy; a 0 among them keeps the given ones)."""
-    import ldm  # noqa: F401  (imported here: train_rm needs diffusers only with --policy; registers LDMs)
     from policy import load_policy
 
     given = [load_policy(d, dev) for d in policy_dirs.split(",") if d]  # e.g. the SFT policy, RL checkpoints

@@ -126,7 +126,7 @@ def test_refl_and_sft_gradients_reach_the_unet_not_the_vqvae(ldm_dir):
     (sr.mean() + policy.sft_loss(torch.rand(2, 3, 32, 32, generator=gen(6)), lr, gen(7))).backward()
     g = [p.grad for p in policy.unet.parameters()]
     assert all(x is not None and torch.isfinite(x).all() for x in g) and sum(x.abs().sum() for x in g) > 0
-    assert all(p.grad is None for p in policy.vqvae.parameters())
+    assert all(p.grad is None for p in policy.space.vqvae.parameters())
 
 
 def test_save_load_round_trip_and_diffusers_loads_ours(ldm_dir, tmp_path):

@@ -52,7 +52,7 @@ def test_trajectory_shapes(policy, lr, rollout):
     assert sr.shape == (2, 3, 16, 16) and 0 <= sr.min() and sr.max() <= 1
     assert traj.x.shape == (5, 2, 3, 16, 16) and traj.logprob.shape == (4, 2, 3, 16, 16)
     assert traj.t.tolist() == [999, 749, 499, 249]  # trailing spacing: starts at T-1 (pure noise)
-    assert torch.allclose(policy.decode(traj.x[-1], lr), sr)
+    assert torch.allclose(policy.space.decode(traj.x[-1], lr), sr)
 
 
 def test_stored_logprob_is_the_ddim_gaussian(policy, lr, rollout):
@@ -126,7 +126,7 @@ def test_estimate_residual_scale_gives_unit_variance(lr):
     s = estimate_residual_scale(lr, hr)
     assert 10 < s < 40  # residual std ~0.05 -> scale ~20
     p = make_policy(PolicyConfig(**TINY, residual_scale=s))
-    assert math.isclose(float(p.encode(hr, lr).std()), 1.0, rel_tol=1e-3)
+    assert math.isclose(float(p.space.encode(hr, lr).std()), 1.0, rel_tol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------
