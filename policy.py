@@ -142,13 +142,6 @@ class Policy(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # One DDIM step as a Gaussian: the single function behind sampling, stored and recomputed log-probs.
 
-    def _set_steps(self, steps: int) -> None:
-        """scheduler.step derives t_prev = t - T // K from its state, so K must be set before any step."""
-        if not 1 <= steps <= self.cfg.num_train_timesteps:
-            raise ValueError(f"steps={steps} must be in 1..{self.cfg.num_train_timesteps}")
-        if self.scheduler.num_inference_steps != steps:
-            self.scheduler.set_timesteps(steps)  # no device: timesteps stay on CPU, reading them never syncs
-
     def _stats(self, x_t, t: int, cond, eta: float):
         """(mean, std, x0_pred) of p(x_prev | x_t, LR): mean and x0 from diffusers, std as a Python float.
 
@@ -172,11 +165,16 @@ class Policy(nn.Module):
         return -((x_prev - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
 
     def _defaults(self, steps, eta):
+        """(K, eta), the policy's own when None, and K set in the scheduler: scheduler.step derives
+        t_prev = t − T // K from its state, so K must be set before any step."""
         steps = self.cfg.steps if steps is None else int(steps)
         eta = self.cfg.eta if eta is None else float(eta)
         if not 0.0 <= eta <= 1.0:  # eta > 1 makes 1 - a_prev - std^2 negative: NaN means
             raise ValueError(f"eta={eta} must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like)")
-        self._set_steps(steps)
+        if not 1 <= steps <= self.cfg.num_train_timesteps:
+            raise ValueError(f"steps={steps} must be in 1..{self.cfg.num_train_timesteps}")
+        if self.scheduler.num_inference_steps != steps:
+            self.scheduler.set_timesteps(steps)  # no device: timesteps stay on CPU, reading them never syncs
         return steps, eta
 
     def step_stats(self, x_t, t, lr, steps=None, eta=None):
@@ -256,9 +254,7 @@ class Policy(nn.Module):
         if return_traj and eta == 0:
             raise ValueError("return_traj needs eta > 0: a deterministic DDIM step has no log-prob")
         cond = self.space.condition(lr)
-        x = self._noise(
-            self.space.x_shape(cond), generator, cond
-        )  # x_T ~ N(0, I) (DDIM's init_noise_sigma = 1)
+        x = self._noise(self.space.x_shape(cond), generator, cond)  # x_T ~ N(0, I)
         xs, logprobs, stds = [x], [], []
         for t in self.scheduler.timesteps.tolist():  # python ints: 999, 899, ..., 99 for K=10 (trailing)
             mean, std, _ = self._stats(x, t, cond, eta)
@@ -275,7 +271,7 @@ class Policy(nn.Module):
         return sr, Trajectory(torch.stack(xs), t, torch.stack(logprobs), steps, eta, tuple(stds))
 
     def refl_sample(self, lr, steps=None, stop_index=None, eta=None, generator=None) -> torch.Tensor:
-        """ReFL (method.md §4): sample WITHOUT grad to step `stop_index`, then one step WITH grad; return
+        """ReFL (docs/method.md §4): sample WITHOUT grad to step `stop_index`, then one step WITH grad; return
         that step's predicted x0 decoded to an SR image (B, 3, 4h, 4w), differentiable w.r.t. the UNet.
 
         ImageReward's recipe is 40 steps with stop_index drawn from 30..39; default: the last step.
@@ -310,7 +306,7 @@ class Policy(nn.Module):
         return self.sample(lr.float(), steps=steps, eta=eta, generator=generator)
 
     # ------------------------------------------------------------------------------------------------
-    # The supervised loss: warm start, and ReFL's regulariser (method.md §4).
+    # The supervised loss: warm start, and ReFL's regulariser (docs/method.md §4).
 
     def sft_loss(self, hr, lr, generator=None) -> torch.Tensor:
         """Denoising loss at random timesteps: ||f_theta(x_t, t, LR) - x0||^2 on the scaled residual.
@@ -339,7 +335,7 @@ class Policy(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Building, saving, loading (design.md: diffusers layout + a small JSON that says its kind).
+# Building, saving, loading: diffusers' layout plus a small JSON that says its kind.
 
 
 def make_scheduler(cfg: PolicyConfig) -> DDIMScheduler:

@@ -6,16 +6,16 @@
 A reward source is a list of *stages*; the curriculum (curriculum.Schedule) says which stage(s) give the
 reward at an RL step, with which weights, and the RL loop (train_rl.py) treats every source the same way.
 A stage maps the policy's SR samples to a score and, where it has one, a degradation map (higher = more
-degraded), the local penalty's input (method.md §4). Its other two arguments are the HR crops (only the
+degraded), the local penalty's input (docs/method.md §4). Its other two arguments are the HR crops (only the
 oracle reads them) and the RL step (only the placebo reads it).
 
-  rm       RM_0 … RM_N, the trained FinPercep-RM stages: they never see HR (method.md §1, §5).
-  gold     the label function against HR ("The honest toy world", method.md): stage 0 is its global quality
+  rm       RM_0 … RM_N, the trained FinPercep-RM stages: they never see HR (docs/method.md §1, §5).
+  gold     the label function against HR (docs/method.md, "The honest toy world"): stage 0 its global quality
            1 − mean M alone (the ceiling of a global reward), stage 1 the same score plus the map M (the
            ceiling of the fine-grained method). Possible only because the toy world knows HR.
   placebo  seeded uniform random scores and no map: what the update's noise alone does to the policy.
 
-Every RL claim is judged between the placebo and the oracle (method.md: "Controls first").
+Every RL claim is judged between the placebo and the oracle (docs/method.md: "Controls first").
 """
 
 from dataclasses import dataclass

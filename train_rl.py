@@ -237,12 +237,12 @@ def main(cfg: Config) -> str:
     start = resume(st, policy, opt, sched, coevo, main_rank)  # the refreshed RMs load in place
     nan, update = rundir.NanGuard("RL"), pg_update if cfg.algo == "pg" else refl_update
     # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA.
-    draw = lambda s: data.training_pairs(pool, cfg.batch, cfg.crop, cfg.degrade_max,  # noqa: E731
+    draw = lambda s: data.training_pairs(pool, cfg.batch, cfg.crop, cfg.degrade_max,
                                          config.generator("rl/draw", cfg.seed, s, rank))  # fmt: skip
     bar = tqdm(scale.prefetch(draw, range(start, cfg.steps), dev.type == "cuda"), initial=start,
                desc=f"RL {cfg.algo}/{cfg.curriculum}", total=cfg.steps, disable=not main_rank)  # fmt: skip
     resume_at, row = start, None  # the first step not yet applied (where a Ctrl-C continues), the last row
-    save = lambda: save_state(cfg, resume_at, policy, opt, sched, coevo)  # noqa: E731
+    save = lambda: save_state(cfg, resume_at, policy, opt, sched, coevo)
     with rundir.saved_on_interrupt(save, lambda: f"RL step {resume_at}"):
         for step, batch in bar:
             #### CURRICULUM: which reward stage(s), with which weights (curriculum.Schedule, method §5)

@@ -8,7 +8,7 @@
     torchrun --standalone --nproc_per_node=8 train_rm.py --preset=gpu    # 8 GPUs (DDP; effective batch ×8)
     python train_rm.py --resume                         # continue an interrupted run in --out_dir
 
-What happens (method.md §2, §3, §5):
+What happens (docs/method.md §2, §3, §5):
 1. RM_0, a plain global IQA (encoder + score head, no decoder), learns to rank FGR triplets
    (S_SR < S_syn < S_GT, L_rank) and to regress the gold global quality 1 − mean(label map) (L_gold, ours:
    ranking alone fixes the order, not the scale). As the paper starts from a pretrained IQA network, a run
@@ -37,23 +37,11 @@ from tqdm import tqdm
 import config
 import data
 import images
+import rm
 import rundir
 import scale
 from curriculum import rm_difficulty, val_difficulty
 from metrics import format_members, format_table, label_map, validate
-from rm import (
-    GROUP_SCORE,
-    LAM_GROUP,
-    FinPercepRM,
-    RMConfig,
-    freeze,
-    group_loss,
-    grow,
-    load_rm,
-    n_params,
-    rm_losses,
-    save_rm,
-)
 
 
 @dataclass
@@ -74,21 +62,18 @@ class Config:
     # Steps per stage RM_0 … RM_N. RM_0 is the shipped base (0 steps on top of it); the last stage gets the
     # most, since its full-resolution map is what RL reads and the middle stages only pass on a coarser map.
     stage_steps: tuple = (0, 60, 60, 200)  # AdamW steps of RM_0 … RM_N
-    # Crop augmentation of the RM's training photos (images.ImagePool.augment): each crop is zoomed out by up
-    # to 1 + augment, flipped/rotated and its colour channels permuted. 0 = the photos as they are. Off by
-    # default: measured within seed noise (docs/experiments.md, "The reward model's levers").
+    # Crop augmentation (images.ImagePool.augment); off by default: within seed noise (docs/experiments.md).
     augment: float = 0.0  # crop zoom-out by up to 1 + augment, flips, channel order; 0 = off
     p_classical: float = 0.5  # share of classical upsamples (bicubic …) among I_SR: "blur is a defect"
     lr: float = 2e-3  # AdamW; small conv nets on tiny images tolerate a large rate
     weight_decay: float = 1e-4  # AdamW's; mild
-    lam_map: float = 1.0  # λ_map (method.md §3)
+    lam_map: float = 1.0  # λ_map (docs/method.md §3)
     lam_rank: float = 1.0  # λ_rank
     lam_align: float = 1.0  # λ_align: S_GT pinned to frozen RM_0 so the score scale is shared by all stages
     lam_gold: float = 1.0  # λ_gold [ours]: regression to the gold quality; RM_0's only source of scale
-    # λ_group [ours]: rank G samples of one LR by gold (rm.group_loss); needs --policy. 0.3, not 1: at 1 the
-    # policy samples crowded out the zoo (held-out S(HR) > S(bicubic) 0.37 vs 0.74 at 0.3, triplet order
-    # 0.51 vs 0.62, 3 seeds), and 0.3 kept the map's AUROC on a hacked policy's samples (0.79; 0.67 at 0).
-    lam_group: float = LAM_GROUP  # λ_group: same-LR ranking of policy samples (rm.LAM_GROUP); needs --policy
+    # λ_group [ours]: rank G samples of one LR by gold (rm.group_loss); 0.3, not 1: at 1 the policy samples
+    # crowded out the zoo (docs/experiments.md, "The reward model's levers").
+    lam_group: float = rm.LAM_GROUP  # λ_group: same-LR ranking of policy samples; needs --policy
     # --- the policy bank (with --policy): samples of the policy RL starts from and of drifted copies of it
     bank: int = 64  # LR crops in the bank; × bank_group samples each (made once, ~20 s on 2 CPU cores)
     bank_group: int = 4  # G: samples per LR, as RL's group
@@ -138,7 +123,7 @@ PRESETS = {
 
 
 # ----------------------------------------------------------------------------------------------------
-# Training: RM_0, then grow and train each next stage (method.md §3, §5)
+# Training: RM_0, then grow and train each next stage (docs/method.md §3, §5)
 
 
 def main(cfg: Config) -> str:
@@ -163,18 +148,19 @@ def main(cfg: Config) -> str:
     if base is not None:
         model = copy.deepcopy(base).requires_grad_(True)
     else:
-        model = FinPercepRM(RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
+        model = rm.FinPercepRM(rm.RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
     nan, t0, commit = rundir.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
     opt, stage, resume_at = None, start_stage, start_step  # where a Ctrl-C would continue from
-    save = lambda: save_state(cfg, stage, resume_at, rows, model, opt)  # noqa: E731
+    save = lambda: save_state(cfg, stage, resume_at, rows, model, opt)
     with rundir.saved_on_interrupt(save, lambda: f"RM_{stage} step {resume_at}"):
         for stage in range(start_stage, cfg.n_stages + 1):
             #### GROWTH: RM_k from RM_{k-1}, one finer decoder level, function-preserving (method §5)
             if stage > 0:  # (or the base's own RM_k, when it has one: grown when the base was pretrained)
-                base = base or freeze(load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
+                base = base or rm.freeze(rm.load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
                 pre = os.path.join(base_dir(cfg), f"rm_stage{stage}") if cfg.base != "none" else ""
                 prev = os.path.join(cfg.out_dir, f"rm_stage{stage - 1}")
-                model = (load_rm(pre, dev) if os.path.isdir(pre) else grow(load_rm(prev, dev))).to(dev)
+                model = rm.load_rm(pre, dev) if os.path.isdir(pre) else rm.grow(rm.load_rm(prev, dev))
+                model = model.to(dev)
             model.train()
             if cfg.channels_last:  # NHWC: faster convolutions on tensor cores
                 model.to(memory_format=torch.channels_last)
@@ -198,7 +184,7 @@ def main(cfg: Config) -> str:
                                          p_classical=cfg.p_classical)  # fmt: skip
 
             bar = tqdm(scale.prefetch(draw, range(first, n_steps), dev.type == "cuda"), initial=first,
-                       desc=f"RM_{stage} ({n_params(model) / 1e6:.2f}M)", total=n_steps, leave=False,
+                       desc=f"RM_{stage} ({rm.n_params(model) / 1e6:.2f}M)", total=n_steps, leave=False,
                        disable=not main_rank)  # fmt: skip
             for step, (g, batch) in bar:
                 # Cosine decay within a stage: each stage starts from a function-preserving copy and settles.
@@ -241,7 +227,7 @@ def finish_stage(cfg, model, v, stage: int, n_steps: int, rows: list, log, t0: f
     r = {"stage": stage, **validate(model, v, member_name=name)}
     members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
     extra = {"trained_steps": n_steps, "crop": cfg.crop, "made_by": provenance(model, r, t0, commit)}
-    save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
+    rm.save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
     rows.append(r)
     row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
     log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
@@ -303,7 +289,7 @@ def load_base(cfg, dev):
         return None
     if not os.path.isdir(os.path.join(base_dir(cfg), "rm_stage0")):
         raise config.ConfigError(f"--base={cfg.base} holds no rm_stage0/: pass a train_rm out_dir, or none")
-    base = freeze(load_rm(os.path.join(base_dir(cfg), "rm_stage0"), dev))
+    base = rm.freeze(rm.load_rm(os.path.join(base_dir(cfg), "rm_stage0"), dev))
     want = (tuple(cfg.widths), cfg.n_stages)
     if base.stage != 0 or (base.cfg.widths, base.n_stages) != want:
         got = f"an RM_{base.stage} with widths {base.cfg.widths}, n_stages {base.n_stages}"
@@ -330,32 +316,31 @@ def base_check_set() -> torch.Tensor:
 
 
 def losses(net, batch, base, bank, stage: int, cfg, area: float, g):
-    """(loss, parts) of one step: L_map + L_rank + L_align + L_gold (method.md §3, rm.rm_losses), plus with
-    a policy bank L_group on bank_groups groups of one LR (rm.group_loss), in a forward of its own."""
+    """(loss, parts) of one step: L_map + L_rank + L_align + L_gold (docs/method.md §3, rm.rm_losses); with
+    a policy bank also L_group on bank_groups groups of one LR (rm.group_loss), in a forward of its own."""
     lam = dict(lam_map=cfg.lam_map, lam_rank=cfg.lam_rank, lam_gold=cfg.lam_gold, lam_group=cfg.lam_group)
     lam["lam_align"] = cfg.lam_align if stage else 0.0  # RM_0 is the anchor itself
-    loss, parts = rm_losses(net, batch, base, **lam, m1=cfg.m1, m2=cfg.m2, bce=cfg.bce)
+    loss, parts = rm.rm_losses(net, batch, base, **lam, m1=cfg.m1, m2=cfg.m2, bce=cfg.bce)
     if bank is not None and cfg.lam_group > 0:
-        # A separate forward: the bank's samples as extra triplets in the same batch broke RM_0 in a test
-        # run (S(HR) > S(bicubic) fell from 0.58 to 0.12), while the ranking term alone did no such harm.
+        # A forward of its own: the bank's samples as extra triplets in the zoo's batch broke RM_0's score
+        # (docs/experiments.md, "The reward model's levers").
         gb = data.group_triplets(bank, cfg.bank_groups, area, g)
         out = net(gb["sr"], full=True)
-        ls, lm = group_loss(out["score"], out["logits"], gb["gold_sr"], gb["dmap_sr"], gb["group"])
-        parts["group"] = (GROUP_SCORE * ls + lm).detach()
-        loss = loss + cfg.lam_group * (GROUP_SCORE * ls + lm)
+        ls, lm = rm.group_loss(out["score"], out["logits"], gb["gold_sr"], gb["dmap_sr"], gb["group"])
+        parts["group"] = (rm.GROUP_SCORE * ls + lm).detach()
+        loss = loss + cfg.lam_group * (rm.GROUP_SCORE * ls + lm)
     return loss, parts
 
 
 # ----------------------------------------------------------------------------------------------------
-# Policy samples: what RL will paint, before RL paints it (method.md "The RM must see what RL paints")
+# Policy samples: what RL will paint, before RL paints it (docs/method.md "The RM must see what RL paints")
 
 
 def drift(policy, steps: int, lr: float, pool, crop: int, g: torch.Generator):
     """A copy of `policy` after `steps` Adam steps on a random objective −mean(R ⊙ f_θ(x_t, t)), R ~ N(0, 1)
     drawn afresh each step: a random walk in the directions that change the output, the way noisy RL updates
     move a policy (the placebo arm is exactly that). Within 5–20 steps at lr 1e-3 the samples show what RL
-    arms painted here: magenta/green speckle, stripes, colour blotches. (i.i.d. weight noise, the obvious
-    alternative, left the samples unchanged even at 20 % of each tensor's std.)"""
+    arms painted here: magenta/green speckle, stripes, colour blotches (i.i.d. weight noise does not)."""
     pol = copy.deepcopy(policy).train()
     opt = torch.optim.Adam(pol.unet.parameters(), lr=lr)
     for _ in range(steps):  # each step: a noisy input as in SFT, and a fresh random direction to push it

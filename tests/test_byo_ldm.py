@@ -7,6 +7,8 @@ error, one line each."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,13 +88,22 @@ def test_diffusers_pipeline_runs_and_our_policy_is_that_pipeline(ldm_dir):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_load_policy_knows_an_ldm_directory_in_a_fresh_interpreter(ldm_dir):
+    """load_policy recognises the pipeline by its files alone: nothing else imported first (no registry)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"from policy import load_policy; print(type(load_policy({ldm_dir!r}).space).__name__)"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "LatentSpace", out.stderr[-500:]
+
+
 def test_rl_scheduler_has_std_above_zero_at_every_step(ldm_dir):
     policy = load_policy(ldm_dir)
     cfg = policy.scheduler.config
     assert cfg.timestep_spacing == "trailing" and not cfg.set_alpha_to_one and cfg.beta_start == 0.0015
     x, lr = torch.randn(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
     for K in (1, 2, 4, 10, 50):
-        policy._set_steps(K)
+        policy._defaults(K, None)  # sets K in the scheduler
         stds = [policy.step_stats(x, t, lr, steps=K, eta=1.0)[1] for t in policy.scheduler.timesteps]
         assert min(stds) > 0 and policy.scheduler.timesteps[0] == 999, (K, stds)
 
