@@ -202,3 +202,15 @@ def upscale(cfg, paths: list) -> list:
     if not out:  # every input was unreadable: a failure, not a result
         raise config.ConfigError(f"none of the {len(paths)} input(s) could be read; nothing upscaled")
     return out
+
+
+def command(cfg, args: list):
+    """evaluate.py's user commands: args = [score | upscale, IMAGES...], cfg its parsed Config. Returns what
+    score / upscale return; an unknown command is a one-line error, Ctrl-C a one-line exit."""
+    if args[0] not in ("score", "upscale"):
+        raise config.ConfigError(f"unknown command '{args[0]}'; use score IMAGES --rm=DIR, upscale IMAGES "
+                                 "--policy=DIR, or no command for the comparison")  # fmt: skip
+    try:
+        return (score if args[0] == "score" else upscale)(cfg, args[1:])
+    except KeyboardInterrupt:  # what was written stays written: one line, no traceback
+        raise SystemExit(f"interrupted: the images done so far are in {cfg.out_dir}") from None

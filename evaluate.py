@@ -34,6 +34,7 @@ import time
 
 import torch
 
+import apply
 import config
 import data
 import images
@@ -41,7 +42,6 @@ import report
 import rundir
 import train_rl
 import train_rm
-from apply import score, upscale
 from metrics import format_table, label_map, policy_metrics, psnr_y, ssim_map_y, validate
 from policy import load_policy
 from rm import load_stages
@@ -433,17 +433,10 @@ def main(cfg: Config) -> str:
 
 
 def cli(argv=None):
-    """`python evaluate.py [score|upscale IMAGES...] --key=value ...`: no command runs the comparison."""
+    """`python evaluate.py [score|upscale IMAGES...] --key=value ...`: no command runs the comparison; a
+    command is apply.py's (apply.command)."""
     cfg, args = config.parse(Config, argv, PRESETS, positional_ok=True)
-    if not args:
-        return main(cfg)
-    if args[0] not in ("score", "upscale"):
-        raise config.ConfigError(f"unknown command '{args[0]}'; use score IMAGES --rm=DIR, upscale IMAGES "
-                                 "--policy=DIR, or no command for the comparison")  # fmt: skip
-    try:
-        return (score if args[0] == "score" else upscale)(cfg, args[1:])
-    except KeyboardInterrupt:  # what was written stays written: one line, no traceback
-        raise SystemExit(f"interrupted: the images done so far are in {cfg.out_dir}") from None
+    return apply.command(cfg, args) if args else main(cfg)
 
 
 if __name__ == "__main__":
