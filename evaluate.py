@@ -25,11 +25,9 @@ standard errors over training seeds (a paired t over crops sees only sampling no
 """
 
 import dataclasses
-import json
 import math
 import os
 import shlex
-import shutil
 import time
 
 import torch
@@ -42,7 +40,7 @@ import report
 import rundir
 import train_rl
 import train_rm
-from metrics import format_table, label_map, policy_metrics, psnr_y, ssim_map_y, validate
+from metrics import label_map, psnr_y, ssim_map_y
 from policy import load_policy
 from rm import load_stages
 
@@ -135,26 +133,6 @@ def sub_config(cls, presets: dict, preset: str, args: str, **fixed):
     return dataclasses.replace(sub, **fixed)
 
 
-def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
-    """main_fn(cfg) unless cfg.out_dir holds a finished run of exactly this config, newer than its inputs."""
-    path = os.path.join(cfg.out_dir, "config.json")
-    want = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as rundir.save_config wrote it
-    done = os.path.isfile(final) and os.path.isfile(path)
-    if done:
-        with open(path) as f:
-            saved = {k: v for k, v in json.load(f).items() if k != "_script"}  # rundir.save_config's tag
-        same = saved == want
-        done = same and all(os.path.getmtime(final) >= os.path.getmtime(i) for i in inputs)
-    if done:
-        log.append((cfg.out_dir, "reused", 0.0))
-        print(f"reusing {cfg.out_dir} (same config, newer than its inputs)")
-        return
-    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # stale: e.g. train_sft would reuse an old policy_sft
-    t0 = time.time()
-    main_fn(cfg)
-    log.append((cfg.out_dir, "trained", time.time() - t0))
-
-
 def arm_list(cfg: Config) -> list:
     """[(arm name, algo, train_rl overrides)]: the first algorithm's arms by their plain names, then each
     other algorithm's as '<algo>_<arm>'."""
@@ -179,7 +157,7 @@ def train_all(cfg: Config, log: list):
     sft_dir = os.path.join(work, "sft")
     sft_policy = os.path.join(sft_dir, "policy_sft")
     sft_done = os.path.join(sft_policy, "policy.json")
-    run_once(train_rl.main, dataclasses.replace(rl, out_dir=sft_dir, sft_only=True), sft_done, [], log)
+    report.run_once(train_rl.main, dataclasses.replace(rl, out_dir=sft_dir, sft_only=True), sft_done, [], log)
     rl = dataclasses.replace(rl, sft_only=False)  # whatever rl_args said: the arms do RL
     # The RM stages, trained with the SFT policy's samples in the zoo (method.md §2: "several diffusion SR
     # models"; design.md: SFT → RM → RL).
@@ -189,7 +167,7 @@ def train_all(cfg: Config, log: list):
     rm_dir = os.path.join(work, "rm")
     rcfg = dataclasses.replace(rcfg, out_dir=rm_dir, policy=sft_policy, seed=cfg.seed)
     rm_done = os.path.join(rm_dir, f"rm_stage{rcfg.n_stages}", "rm.json")
-    run_once(train_rm.main, rcfg, rm_done, [sft_done], log)
+    report.run_once(train_rm.main, rcfg, rm_done, [sft_done], log)
     # The RL arms: same start, same seeds, same budget; only the reward (and the algorithm) differ.
     arms = {"bicubic": [(None, None, rl)], "sft": [(None, sft_policy, rl)]}
     for name, algo, kw in arm_list(cfg):
@@ -199,7 +177,7 @@ def train_all(cfg: Config, log: list):
             acfg = dataclasses.replace(rl, out_dir=out, init_policy=sft_policy, rm_dir=rm_dir, seed=seed)
             acfg = dataclasses.replace(acfg, algo=algo, steps=cfg.arm_steps, **kw)
             final = os.path.join(out, "policy_final")
-            run_once(train_rl.main, acfg, os.path.join(final, "policy.json"), [sft_done, rm_done], log)
+            report.run_once(train_rl.main, acfg, os.path.join(final, "policy.json"), [sft_done, rm_done], log)
             arms[name].append((out, final, acfg))
     return rcfg, arms
 
@@ -308,19 +286,6 @@ def judge(sr, hr, rms, dev, iqa=None) -> dict:
     return {k: v.float().cpu() for k, v in out.items()}
 
 
-def load_iqa(dev):
-    """pyiqa's LPIPS / MUSIQ / MANIQA / CLIPIQA (the paper's metrics, §6) if pyiqa and its weights are
-    present offline; else None and one line saying so. Returns (metrics or None, message)."""
-    try:
-        import pyiqa
-
-        return {n: pyiqa.create_metric(n, device=dev) for n in ("lpips", "musiq", "maniqa", "clipiqa")}, ""
-    except Exception as e:  # not installed, or its weights are not on disk (nothing is downloaded here)
-        msg = f"pyiqa metrics (LPIPS/MUSIQ/MANIQA/CLIPIQA) skipped: {type(e).__name__}: {str(e)[:100]}"
-        print(msg)
-        return None, msg
-
-
 def evaluate_arms(cfg, arms, rms, dev, iqa):
     """Sample and judge every arm. Returns (results: name → metric → [one float per seed], shown samples).
 
@@ -353,21 +318,6 @@ def evaluate_arms(cfg, arms, rms, dev, iqa):
         for res in results.values():
             res["gain"] = [(g_sft - g) / (g_sft - g_or) if g_sft != g_or else math.nan for g in res["gold"]]
     return results, (hr, lr, shown)
-
-
-POLICY_TABLE = ("sft", "placebo", "global", "ccl", "ccl_coevolve")  # whose samples the RMs are checked on
-
-
-@torch.no_grad()
-def rm_on_policies(cfg, arms, rms, hr, lr, dev) -> list:
-    """Does the RM see what RL paints? For each policy of POLICY_TABLE (training seed 0) G = 4 samples of
-    every other held-out crop (hr, lr: eval_set's), and every RM stage's map AUROC against the gold map and
-    within-group rank correlation with gold (policy_metrics; the global arm's policy is the hacked one)."""
-    rows, g = [], config.generator("eval/policy_groups", cfg.seed)
-    for name in (n for n in POLICY_TABLE if n in arms):
-        groups = train_rm.policy_groups(load_policy(arms[name][0][1], dev), hr[::2], lr[::2], 4, g)
-        rows += [{"policy": name, "stage": k, **policy_metrics(rm, groups)} for k, rm in enumerate(rms)]
-    return rows
 
 
 def verdicts(results: dict, trained: set, prefixes=("",)) -> dict:
@@ -403,32 +353,10 @@ def main(cfg: Config) -> str:
     rcfg, arms = train_all(cfg, log)
     t_train = time.time() - t0
     rms = load_stages(rcfg.out_dir, dev)  # every stage, frozen
-    iqa, iqa_msg = load_iqa(dev)
+    iqa, iqa_msg = report.load_iqa(dev)
     results, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
     found = verdicts(results, {n for n, r in arms.items() if r[0][0]}, list(prefixes(cfg).values()))
-    # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
-    val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
-    rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]
-    pol_rows = rm_on_policies(cfg, arms, rms, *shown[:2], dev)  # on eval_set's crops (shown: hr, lr, …)
-    report.figures(cfg, arms, rms, shown, val, cfg.out_dir)
-    t_all = time.time() - t0
-    table = report.arm_table(results, list(iqa or {}))
-    runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}", *report.summary(p)) for p, s, t in log]
-    text = report.report_text(cfg, dev, t_all, t_train, found, K_SE, table, rm_rows, pol_rows, runs, iqa_msg)
-    with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
-        f.write(text)
-    keys = ("gold", "psnr", "ssim", "proxy0", "proxyN", "gain", "tail_std")  # results.json: per seed
-    out = {
-        "wall_s": t_all,
-        "n_seeds": cfg.n_seeds,
-        "arms": {n: {k: res[k] for k in keys if k in res} for n, res in results.items()},
-        "verdicts": {c: o for c, (o, _, _) in found.items()},
-        "rm_on_policies": pol_rows,
-    }
-    rundir.write_json(os.path.join(cfg.out_dir, "results.json"), out)
-    print(table + "\n\n" + format_table(rm_rows) + "\n")
-    print("\n".join(f"{c}: {o}" for c, (o, _, _) in found.items()))
-    print(f"report: {os.path.join(cfg.out_dir, 'report.md')} ({t_all / 60:.1f} min)")
+    report.write(cfg, dev, t0, t_train, rcfg, arms, rms, results, shown, found, K_SE, log, iqa, iqa_msg)
     return cfg.out_dir
 
 

@@ -18,14 +18,45 @@ What a reader should see (method.md "The honest toy world"):
 Kept apart from evaluate.py, which trains and judges, so both read on their own (design.md: ~400 lines).
 """
 
+import dataclasses
 import json
 import os
+import shutil
+import time
 
 import torch
 
+import config
 import data
 import images
-from metrics import label_map
+import rundir
+import train_rm
+from metrics import format_table, label_map, policy_metrics, validate
+from policy import load_policy
+
+# ----------------------------------------------------------------------------------------------------
+# The runs: evaluate.train_all's reuse rule (make's), and what each run logged
+
+
+def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
+    """main_fn(cfg) unless cfg.out_dir holds a finished run of exactly this config, newer than its inputs.
+    Appends (out_dir, "reused" | "trained", seconds) to log: the report's Runs table."""
+    path = os.path.join(cfg.out_dir, "config.json")
+    want = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as rundir.save_config wrote it
+    done = os.path.isfile(final) and os.path.isfile(path)
+    if done:
+        with open(path) as f:
+            saved = {k: v for k, v in json.load(f).items() if k != "_script"}  # rundir.save_config's tag
+        same = saved == want
+        done = same and all(os.path.getmtime(final) >= os.path.getmtime(i) for i in inputs)
+    if done:
+        log.append((cfg.out_dir, "reused", 0.0))
+        print(f"reusing {cfg.out_dir} (same config, newer than its inputs)")
+        return
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # stale: e.g. train_sft would reuse an old policy_sft
+    t0 = time.time()
+    main_fn(cfg)
+    log.append((cfg.out_dir, "trained", time.time() - t0))
 
 
 def rl_rows(run_dir: str) -> list:
@@ -52,6 +83,39 @@ def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
     i = torch.arange(1, len(v) + 1)
     lo = (i - w).clamp(min=0)
     return (c[i] - c[lo]) / (i - lo)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Diagnostics beside the verdicts: the paper's IQA metrics where present, the RMs on the policies' samples
+
+
+def load_iqa(dev):
+    """pyiqa's LPIPS / MUSIQ / MANIQA / CLIPIQA (the paper's metrics, §6) if pyiqa and its weights are
+    present offline; else None and one line saying so. Returns (metrics or None, message)."""
+    try:
+        import pyiqa
+
+        return {n: pyiqa.create_metric(n, device=dev) for n in ("lpips", "musiq", "maniqa", "clipiqa")}, ""
+    except Exception as e:  # not installed, or its weights are not on disk (nothing is downloaded here)
+        msg = f"pyiqa metrics (LPIPS/MUSIQ/MANIQA/CLIPIQA) skipped: {type(e).__name__}: {str(e)[:100]}"
+        print(msg)
+        return None, msg
+
+
+POLICY_TABLE = ("sft", "placebo", "global", "ccl", "ccl_coevolve")  # whose samples the RMs are checked on
+
+
+@torch.no_grad()
+def rm_on_policies(cfg, arms, rms, hr, lr, dev) -> list:
+    """Does the RM see what RL paints? For each policy of POLICY_TABLE (training seed 0) G = 4 samples of
+    every other held-out crop (hr, lr: evaluate.eval_set's), and every RM stage's map AUROC against the gold
+    map and within-group rank correlation with gold (policy_metrics; the global arm's policy is the hacked
+    one)."""
+    rows, g = [], config.generator("eval/policy_groups", cfg.seed)
+    for name in (n for n in POLICY_TABLE if n in arms):
+        groups = train_rm.policy_groups(load_policy(arms[name][0][1], dev), hr[::2], lr[::2], 4, g)
+        rows += [{"policy": name, "stage": k, **policy_metrics(rm, groups)} for k, rm in enumerate(rms)]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,3 +339,31 @@ quality (what the RL advantage compares). The global arm's policy is the one tha
 ## Runs
 {md_table(["run", "", "seconds", "reward_final first → last 10 %", "gold first → last 10 %"], runs)}
 """
+
+
+def write(cfg, dev, t0, t_train, rcfg, arms, rms, results, shown, found, k_se, log, iqa, iqa_msg) -> None:
+    """After evaluate.main has judged the arms and decided the claims: the reward-model tables, the figures,
+    report.md and results.json in cfg.out_dir, and the tables and verdicts printed. t0: the job's start."""
+    # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
+    val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
+    rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]
+    pol_rows = rm_on_policies(cfg, arms, rms, *shown[:2], dev)  # on eval_set's crops (shown: hr, lr, …)
+    figures(cfg, arms, rms, shown, val, cfg.out_dir)
+    t_all = time.time() - t0
+    table = arm_table(results, list(iqa or {}))
+    runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}", *summary(p)) for p, s, t in log]
+    text = report_text(cfg, dev, t_all, t_train, found, k_se, table, rm_rows, pol_rows, runs, iqa_msg)
+    with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
+        f.write(text)
+    keys = ("gold", "psnr", "ssim", "proxy0", "proxyN", "gain", "tail_std")  # results.json: per seed
+    out = {
+        "wall_s": t_all,
+        "n_seeds": cfg.n_seeds,
+        "arms": {n: {k: res[k] for k in keys if k in res} for n, res in results.items()},
+        "verdicts": {c: o for c, (o, _, _) in found.items()},
+        "rm_on_policies": pol_rows,
+    }
+    rundir.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    print(table + "\n\n" + format_table(rm_rows) + "\n")
+    print("\n".join(f"{c}: {o}" for c, (o, _, _) in found.items()))
+    print(f"report: {os.path.join(cfg.out_dir, 'report.md')} ({t_all / 60:.1f} min)")

@@ -130,20 +130,20 @@ def test_run_once_reuses_only_finished_matching_fresh_runs(tmp_path):
     open(up, "w").close()
     os.utime(up, (1, 1))  # an old input
     log = []
-    evaluate.run_once(fake_main, cfg, final, [up], log)
-    evaluate.run_once(fake_main, cfg, final, [up], log)  # same config (tuple vs JSON list too): reused
+    report.run_once(fake_main, cfg, final, [up], log)
+    report.run_once(fake_main, cfg, final, [up], log)  # same config (tuple vs JSON list too): reused
     assert calls == [2] and [s for _, s, _ in log] == ["trained", "reused"]
-    evaluate.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)  # config changed
+    report.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)  # config changed
     os.utime(up, (2e10, 2e10))  # the input is newer than the run's checkpoint: stale
-    evaluate.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)
+    report.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)
     os.remove(final)  # an unfinished run
-    evaluate.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [], log)
+    report.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [], log)
     assert calls == [2, 3, 3, 3]
 
 
 def test_pyiqa_skip_path(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyiqa", None)  # `import pyiqa` raises ImportError, as on this machine
-    iqa, msg = evaluate.load_iqa(torch.device("cpu"))
+    iqa, msg = report.load_iqa(torch.device("cpu"))
     assert iqa is None and "skipped" in msg and "skipped" in capsys.readouterr().out
 
 
