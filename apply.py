@@ -110,6 +110,17 @@ def tiled(fn, x, tile: int, mult: int, scale: int = 1, batch: int = 8, min_size:
     return (acc / norm)[..., : s * H, : s * W]
 
 
+@torch.no_grad()
+def sample(policy_dir, lr, n_seeds: int, dev) -> torch.Tensor:
+    """(n_seeds, B, 3, 4h, 4w) samples with the K and eta the policy was trained to sample with (its
+    policy.json), one fixed generator per seed; policy_dir None = bicubic (the same for every seed)."""
+    if policy_dir is None:
+        return data.upsample(lr)[None].expand(n_seeds, -1, -1, -1, -1)
+    pol = load_policy(policy_dir, dev)
+    gens = [config.generator("eval/sample", s, device=dev) for s in range(n_seeds)]
+    return torch.stack([pol.upscale(lr.to(dev), generator=g).cpu() for g in gens])
+
+
 def _out_path(out_dir: str, path: str, suffix: str, used: set) -> str:
     """<out_dir>/<stem><suffix>.png, with _2, _3, … when two inputs share a name."""
     stem = os.path.splitext(os.path.basename(path))[0]

@@ -1,33 +1,28 @@
-"""Does it work? The paper's comparison (method.md §6) in the toy world, bracketed by controls; its report.
+"""Does it work? The paper's comparison (docs/method.md §6) in the toy world, bracketed by controls.
 
     python evaluate.py                                  # the main job: SFT → RM → RL arms × 2 algos × 3 seeds
-    python evaluate.py --controls=all                   # + the oracle with the gold score only, co-evolution
+    python evaluate.py --controls=all                   # + the gold-score oracle and the online RM refresh
     python evaluate.py --algos=pg                       # pg's arms only (ReFL's: --algos=refl)
     python evaluate.py --from_scratch                   # the RM without the shipped base: all from nothing
     python evaluate.py --device=cuda --preset=gpu       # a real run on one GPU
     python evaluate.py score a.png b.jpg --rm=out/eval/work/rm/rm_stage3      # scores + degradation overlays
     python evaluate.py upscale lr.png --policy=out/eval/work/rl_pg_ccl_s0/policy_final --out_dir=out/sr
 
-The main job runs the project in the faithful order (design.md "Data flow") through the scripts' own
-`main(cfg)`, never a copy of their loops, and keeps every run under <out_dir>/work:
+The main job runs the project in the run order, SFT → RM → RL, through the scripts' own `main(cfg)`, never a
+copy of their loops, and keeps every run under <out_dir>/work (reused while up to date: report.run_once):
   work/sft                         train_rl.main(sft_only): the common start of every arm
   work/rm                          train_rm.main(policy=work/sft/policy_sft): RM_0 … RM_N
   work/rl_{algo}_{arm}_s{seed}     train_rl.main(init_policy=work/sft/policy_sft): the RL arms, per algorithm
-The arms (ARMS): bicubic and SFT (no RL); the controls first (method.md "Controls first") — the placebo
-(random rewards: what the update's noise alone does) and the oracle (the gold judge's score and map as the
-reward: the ceiling); then the paper's comparison — RL on RM_0 only (global, the global-IQA baseline), on RM_N
-from step 0 (none, "no CCL"), and under the co-evolutionary curriculum (ccl). Every RL arm runs n_seeds
-training seeds. A run is reused only when its config.json equals the config it would get now and its final
-checkpoint exists and is newer than the checkpoints it read (make's rule); anything else is run again.
-Every arm is then judged on held-out photos by judges the reward models never learned from, and the claims
-(CLAIMS, per algorithm) are decided by one rule: a difference between two arms counts when it exceeds K_SE
-standard errors over training seeds (a paired t over crops sees only sampling noise; RL seeds differ more).
+Every RL arm (ARMS) runs n_seeds training seeds. Every arm is then judged on held-out photos by judges the
+reward models never learned from, and the claims (CLAIMS, per algorithm) are decided by one rule: a difference
+between two arms counts when it exceeds K_SE standard errors over training seeds (a paired t over crops sees
+only sampling noise; RL seeds differ more). report.py turns the numbers into tables, figures, report.md and
+results.json; apply.py holds the score / upscale commands.
 """
 
 import dataclasses
 import math
 import os
-import shlex
 import time
 
 import torch
@@ -41,7 +36,6 @@ import rundir
 import train_rl
 import train_rm
 from metrics import label_map, psnr_y, ssim_map_y
-from policy import load_policy
 from rm import load_stages
 
 
@@ -52,7 +46,7 @@ class Config:
     seed: int = 0  # SFT and RM use it; the RL arms use seed … seed + n_seeds − 1
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu: also selects train_rm's and train_rl's preset of the same name
-    n_seeds: int = 3  # RL training seeds per arm: the verdicts need their spread (≥ 3; method.md)
+    n_seeds: int = 3  # RL training seeds per arm: the verdicts need their spread (≥ 3; docs/method.md)
     controls: str = "default"  # default (placebo + oracle_map) | all (+ oracle_score, ccl_coevolve)
     # pg (ours: map-based per-pixel penalties), refl (the paper's). The first's arms keep their plain names.
     algos: str = "pg,refl"  # RL algorithms, each with every arm; the others' arms are '<algo>_<arm>'
@@ -78,8 +72,7 @@ class Config:
     def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
         c = config
         c.check(
-            self,
-            n_seeds=c.at_least(1), controls=c.one_of("default", "all"),
+            self, n_seeds=c.at_least(1), controls=c.one_of("default", "all"),
             algos=((lambda v: sorted(v.split(",")) in (["pg"], ["refl"], ["pg", "refl"])),
                    "give pg, refl or both, e.g. --algos=pg,refl"),
             arm_steps=c.at_least(1), sft_steps=c.at_least(0), eval_n=c.at_least(2),
@@ -89,26 +82,25 @@ class Config:
         )  # fmt: skip
 
 
-# GPU presets: train_rm / train_rl switch to their presets of the same name too. gpu: sized to finish in
-# minutes on one H200 (docs/scaling.md: pending a measurement); gpu_full: a long run (its estimate: there).
+# GPU presets (docs/scaling.md; gpu: minutes on one H200, gpu_full: a long run): train_rm's, train_rl's too.
 PRESETS = {"cpu": {}, "gpu": {"arm_steps": 200, "eval_n": 64, "eval_crop": 128},
            "gpu_full": {"arm_steps": 1000, "eval_n": 128, "eval_crop": 256}}  # fmt: skip
-# The RL arms: the reward source and curriculum each trains with (train_rl --reward / --curriculum).
+# The RL arms (bicubic and SFT: no RL), the controls first (docs/method.md "Controls first"), then the paper's
+# comparison: the reward source and curriculum each trains with (train_rl --reward / --curriculum).
 ARMS = {
     "placebo": dict(reward="placebo", curriculum="global"),  # control: random rewards, no map
     "global": dict(reward="rm", curriculum="global"),  # RM_0 only: the global-IQA baseline
-    "none": dict(reward="rm", curriculum="none"),  # RM_N from step 0: no curriculum
-    "ccl": dict(reward="rm", curriculum="ccl"),  # RM_0 → … → RM_N: the method
+    "none": dict(reward="rm", curriculum="none"),  # RM_N from step 0: no curriculum ("no CCL")
+    "ccl": dict(reward="rm", curriculum="ccl"),  # RM_0 → … → RM_N: the method, the paper's curriculum (CCL)
     "oracle_map": dict(reward="gold", curriculum="none"),  # ceiling: gold score + gold map (toy world)
 }
-# --controls=all adds: the ceiling of a global reward, and online co-evolution (curriculum.py), which
-# would take the default job past its 20-minute CPU budget (3 more runs: 21 min measured with it).
+# --controls=all adds the global reward's ceiling and the online RM refresh (--coevolve): past the CPU budget.
 CONTROLS_ALL = {
     "oracle_score": dict(reward="gold", curriculum="global"),
     "ccl_coevolve": dict(reward="rm", curriculum="ccl", coevolve=True),
 }
 K_SE = 2.0  # the noise rule [ours]: a difference counts when it exceeds K_SE standard errors over seeds
-# The claims (method.md §6 and "Controls first"): (claim, arm a, arm b, metric, sign). Holds when
+# The claims (docs/method.md §6 and "Controls first"): (claim, arm a, arm b, metric, sign). Holds when
 # sign · (a − b) > K_SE · SE; sign −1 for "lower is better" metrics (gold, tail std of reward_final).
 CLAIMS = [
     ("RL works: the oracle (gold map) beats SFT on gold", "oracle_map", "sft", "gold", -1),
@@ -127,15 +119,8 @@ HACK_CLAIM = "The global reward hacks: its proxy RM_0 rises above the placebo's,
 # 1. The runs: SFT → RM → RL arms, each through its script's own main(cfg), reused when up to date
 
 
-def sub_config(cls, presets: dict, preset: str, args: str, **fixed):
-    """A train_rm / train_rl Config as its CLI would build it (preset, then `args`), then evaluate's knobs."""
-    sub = config.parse(cls, [f"--preset={preset}", *shlex.split(args)], presets)
-    return dataclasses.replace(sub, **fixed)
-
-
 def arm_list(cfg: Config) -> list:
-    """[(arm name, algo, train_rl overrides)]: the first algorithm's arms by their plain names, then each
-    other algorithm's as '<algo>_<arm>'."""
+    """[(arm name, algo, train_rl overrides)]: the first algorithm's arms plain, later ones' <algo>_<arm>."""
     arms = {**ARMS, **(CONTROLS_ALL if cfg.controls == "all" else {})}
     return [(p + a, algo, kw) for algo, p in prefixes(cfg).items() for a, kw in arms.items()]
 
@@ -150,7 +135,7 @@ def train_all(cfg: Config, log: list):
     (run_dir or None, policy_dir or None for bicubic, RL config)."""
     work = os.path.join(cfg.out_dir, "work")
     common = {"data": cfg.data, "device": cfg.device}
-    rl = sub_config(train_rl.Config, train_rl.PRESETS, cfg.preset, cfg.rl_args, seed=cfg.seed, **common)
+    rl = report.sub_config(train_rl, cfg.preset, cfg.rl_args, seed=cfg.seed, **common)
     if cfg.sft_steps:
         rl = dataclasses.replace(rl, sft_steps=cfg.sft_steps)
     # SFT once: the start of every arm (and the policy whose samples join the RM's SR zoo).
@@ -159,11 +144,11 @@ def train_all(cfg: Config, log: list):
     sft_done = os.path.join(sft_policy, "policy.json")
     report.run_once(train_rl.main, dataclasses.replace(rl, out_dir=sft_dir, sft_only=True), sft_done, [], log)
     rl = dataclasses.replace(rl, sft_only=False)  # whatever rl_args said: the arms do RL
-    # The RM stages, trained with the SFT policy's samples in the zoo (method.md §2: "several diffusion SR
-    # models"; design.md: SFT → RM → RL).
+    # The RM stages, trained with the SFT policy's samples in the zoo (docs/method.md §2: "several diffusion
+    # SR models"): the run order, SFT → RM → RL.
     steps = train_rm.PRESETS["scratch"] if cfg.from_scratch else {}  # RM_0 trained too, not the shipped base
     steps = {**steps, "stage_steps": tuple(cfg.rm_steps)} if cfg.rm_steps else steps
-    rcfg = sub_config(train_rm.Config, train_rm.PRESETS, cfg.preset, cfg.rm_args, **common, **steps)
+    rcfg = report.sub_config(train_rm, cfg.preset, cfg.rm_args, **common, **steps)
     rm_dir = os.path.join(work, "rm")
     rcfg = dataclasses.replace(rcfg, out_dir=rm_dir, policy=sft_policy, seed=cfg.seed)
     rm_done = os.path.join(rm_dir, f"rm_stage{rcfg.n_stages}", "rm.json")
@@ -183,33 +168,7 @@ def train_all(cfg: Config, log: list):
 
 
 # ----------------------------------------------------------------------------------------------------
-# 2. The arithmetic of the comparison: pure functions, pinned by hand examples in tests/test_evaluate.py
-
-
-def hacking_gap(proxy, proxy_sft, quality, quality_sft) -> tuple[float, float, float]:
-    """(gap, Δproxy_z, Δquality_z): each improvement over the SFT start in units of its (sample) std over
-    the SFT outputs; gap = Δproxy_z − Δquality_z. Positive = the proxy rose more than the gold quality
-    supports: reward hacking ("The honest toy world", method.md). Inputs: per-sample values, any shape."""
-    dp = float((proxy.mean() - proxy_sft.mean()) / proxy_sft.std().clamp_min(1e-8))
-    dq = float((quality.mean() - quality_sft.mean()) / quality_sft.std().clamp_min(1e-8))
-    return dp - dq, dp, dq
-
-
-def instability(values, tail: float = 0.2, window: int = 5) -> tuple[float, float]:
-    """(tail_std, max_drop) of a training curve (reward_final per logged RL step).
-
-    tail_std: sample std over the last `tail` share of the rows (at least 2): how much it still shakes.
-    max_drop: the "logged means" are means over consecutive, non-overlapping windows of `window` rows (a
-    trailing partial window is dropped); max_drop is the largest fall from one window mean to the next, ≥ 0
-    (0 for a curve that never falls). NaN where there are too few rows (< 2 rows, or < 2 full windows)."""
-    v = torch.as_tensor(values, dtype=torch.float64).flatten()
-    n = len(v)
-    tail_std = float(v[-max(2, math.ceil(tail * n)) :].std()) if n >= 2 else math.nan
-    w = n // window
-    if w < 2:
-        return tail_std, math.nan
-    means = v[: w * window].view(w, window).mean(1)
-    return tail_std, float((means[:-1] - means[1:]).max().clamp_min(0))
+# 2. The noise rule: mean ± SE over training seeds; a difference counts beyond K_SE SE (tests: by hand)
 
 
 def mean_se(vals: list, trained: bool = True) -> tuple[float, float]:
@@ -253,21 +212,10 @@ def eval_set(cfg: Config):
 
 
 @torch.no_grad()
-def sample(policy_dir, lr, n_seeds: int, dev) -> torch.Tensor:
-    """(n_seeds, B, 3, 4h, 4w) samples with the K and eta the policy was trained to sample with (its
-    policy.json), one fixed generator per seed; policy_dir None = bicubic (the same for every seed)."""
-    if policy_dir is None:
-        return data.upsample(lr)[None].expand(n_seeds, -1, -1, -1, -1)
-    pol = load_policy(policy_dir, dev)
-    gens = [config.generator("eval/sample", s, device=dev) for s in range(n_seeds)]
-    return torch.stack([pol.upscale(lr.to(dev), generator=g).cpu() for g in gens])
-
-
-@torch.no_grad()
 def judge(sr, hr, rms, dev, iqa=None) -> dict:
     """Per-sample numbers (S·B,) of samples sr (S, B, 3, H, W) against HR (B, 3, H, W), all batched."""
     x, ref = sr.flatten(0, 1).to(dev), hr.repeat(sr.shape[0], 1, 1, 1).to(dev)
-    M = label_map(x, ref)  # the gold judge (method.md §2), lower = better
+    M = label_map(x, ref)  # the gold judge (docs/method.md §2), lower = better
     ssim = ssim_map_y(x, ref).mean((1, 2, 3))  # = metrics.ssim_y, from its map
     out = {
         "psnr": psnr_y(x, ref),
@@ -289,26 +237,17 @@ def judge(sr, hr, rms, dev, iqa=None) -> dict:
 def evaluate_arms(cfg, arms, rms, dev, iqa):
     """Sample and judge every arm. Returns (results: name → metric → [one float per seed], shown samples).
 
-    Per seed: the held-out means of judge()'s numbers; `gap`, the hacking gap against the SFT outputs
-    (hacking_gap, proxy = the RM stage the arm optimised last: RM_0 for global and the placebo, else RM_N);
-    for RL arms the training curve's tail_std / max_drop, and `gain`, the oracle-normalised gold gain
-    (gold_SFT − gold_arm) / (gold_SFT − mean gold_oracle_map): 0 = no better than SFT, 1 = the oracle."""
+    Per seed: judge()'s held-out means, report.arm_measures (hacking gap; an RL arm's tail_std, max_drop) and
+    `gain` = (gold_SFT − gold_arm) / (gold_SFT − mean gold_oracle_map): 0 = no better than SFT, 1 = oracle."""
     hr, lr = eval_set(cfg)
     results, shown, sft = {}, {}, None
     for name, runs in arms.items():  # "bicubic" and "sft" first: the improvements are measured from SFT
         res = {}
         for run_dir, policy_dir, acfg in runs:
-            sr = sample(policy_dir, lr, cfg.eval_seeds, dev)
+            sr = apply.sample(policy_dir, lr, cfg.eval_seeds, dev)
             per = judge(sr, hr, rms, dev, iqa)
             sft = per if name == "sft" else sft
-            r = {k: float(v.mean()) for k, v in per.items()}
-            if sft is not None:
-                proxy = "proxy0" if run_dir and acfg.curriculum == "global" else "proxyN"
-                r["gap"] = hacking_gap(per[proxy], sft[proxy], 1 - per["gold"], 1 - sft["gold"])[0]
-            if run_dir:  # instability of the training curve (bicubic, SFT have none)
-                r["tail_std"], r["max_drop"] = instability(
-                    [x["reward_final"] for x in report.rl_rows(run_dir)]
-                )
+            r = {k: float(v.mean()) for k, v in per.items()} | report.arm_measures(per, sft, run_dir, acfg)
             for k, v in r.items():
                 res.setdefault(k, []).append(v)
             shown.setdefault(name, sr[0])  # the first sampling seed of the first training seed, for figures
@@ -361,8 +300,7 @@ def main(cfg: Config) -> str:
 
 
 def cli(argv=None):
-    """`python evaluate.py [score|upscale IMAGES...] --key=value ...`: no command runs the comparison; a
-    command is apply.py's (apply.command)."""
+    """`python evaluate.py [score|upscale IMAGES...] --key=value ...`: no command runs the comparison."""
     cfg, args = config.parse(Config, argv, PRESETS, positional_ok=True)
     return apply.command(cfg, args) if args else main(cfg)
 

@@ -20,7 +20,9 @@ Kept apart from evaluate.py, which trains and judges, so both read on their own 
 
 import dataclasses
 import json
+import math
 import os
+import shlex
 import shutil
 import time
 
@@ -35,7 +37,14 @@ from metrics import format_table, label_map, policy_metrics, validate
 from policy import load_policy
 
 # ----------------------------------------------------------------------------------------------------
-# The runs: evaluate.train_all's reuse rule (make's), and what each run logged
+# The runs: evaluate.train_all's sub-configs and reuse rule (make's), and what each run logged
+
+
+def sub_config(script, preset: str, args: str, **fixed):
+    """A train_rm / train_rl (the module: script) Config as its CLI would build it (preset, then `args`),
+    then evaluate's knobs."""
+    sub = config.parse(script.Config, [f"--preset={preset}", *shlex.split(args)], script.PRESETS)
+    return dataclasses.replace(sub, **fixed)
 
 
 def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
@@ -83,6 +92,51 @@ def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
     i = torch.arange(1, len(v) + 1)
     lo = (i - w).clamp(min=0)
     return (c[i] - c[lo]) / (i - lo)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measures evaluate.evaluate_arms reads off each arm beside the judges': pure functions, pinned by hand
+# examples in tests/test_evaluate.py
+
+
+def hacking_gap(proxy, proxy_sft, quality, quality_sft) -> tuple[float, float, float]:
+    """(gap, Δproxy_z, Δquality_z): each improvement over the SFT start in units of its (sample) std over
+    the SFT outputs; gap = Δproxy_z − Δquality_z. Positive = the proxy rose more than the gold quality
+    supports: reward hacking ("The honest toy world", method.md). Inputs: per-sample values, any shape."""
+    dp = float((proxy.mean() - proxy_sft.mean()) / proxy_sft.std().clamp_min(1e-8))
+    dq = float((quality.mean() - quality_sft.mean()) / quality_sft.std().clamp_min(1e-8))
+    return dp - dq, dp, dq
+
+
+def instability(values, tail: float = 0.2, window: int = 5) -> tuple[float, float]:
+    """(tail_std, max_drop) of a training curve (reward_final per logged RL step).
+
+    tail_std: sample std over the last `tail` share of the rows (at least 2): how much it still shakes.
+    max_drop: the "logged means" are means over consecutive, non-overlapping windows of `window` rows (a
+    trailing partial window is dropped); max_drop is the largest fall from one window mean to the next, ≥ 0
+    (0 for a curve that never falls). NaN where there are too few rows (< 2 rows, or < 2 full windows)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    n = len(v)
+    tail_std = float(v[-max(2, math.ceil(tail * n)) :].std()) if n >= 2 else math.nan
+    w = n // window
+    if w < 2:
+        return tail_std, math.nan
+    means = v[: w * window].view(w, window).mean(1)
+    return tail_std, float((means[:-1] - means[1:]).max().clamp_min(0))
+
+
+def arm_measures(per: dict, sft, run_dir, acfg) -> dict:
+    """One seed of one arm, beside judge()'s means: `gap`, the hacking gap against the SFT outputs (once SFT
+    is judged; proxy = the RM stage the arm optimised last: RM_0 for global and the placebo, else RM_N), and
+    for an RL arm its training curve's tail_std / max_drop (instability of reward_final). per, sft: judge()'s
+    per-sample numbers; run_dir, acfg: the arm's run (None for bicubic and SFT) and its RL config."""
+    r = {}
+    if sft is not None:
+        proxy = "proxy0" if run_dir and acfg.curriculum == "global" else "proxyN"
+        r["gap"] = hacking_gap(per[proxy], sft[proxy], 1 - per["gold"], 1 - sft["gold"])[0]
+    if run_dir:  # instability of the training curve (bicubic, SFT have none)
+        r["tail_std"], r["max_drop"] = instability([x["reward_final"] for x in rl_rows(run_dir)])
+    return r
 
 
 # ----------------------------------------------------------------------------------------------------

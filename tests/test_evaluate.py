@@ -54,21 +54,21 @@ def test_hacking_gap_by_hand():
     # SFT proxy [0, 1, 2]: mean 1, sample std 1; the arm's proxy [2, 3, 4] is +2 std.
     # SFT gold quality [0.5, 0.7, 0.9]: std 0.2; the arm's [0.4, 0.6, 0.8] is −0.1 / 0.2 = −0.5 std.
     t = torch.tensor
-    gap, dp, dq = evaluate.hacking_gap(t([2.0, 3, 4]), t([0.0, 1, 2]), t([0.4, 0.6, 0.8]), t([0.5, 0.7, 0.9]))
+    gap, dp, dq = report.hacking_gap(t([2.0, 3, 4]), t([0.0, 1, 2]), t([0.4, 0.6, 0.8]), t([0.5, 0.7, 0.9]))
     assert (dp, dq) == pytest.approx((2.0, -0.5)) and gap == pytest.approx(2.5)
     # Proxy and gold improving together by the same number of stds: no hacking.
     same = torch.tensor([0.0, 1, 2])
-    assert evaluate.hacking_gap(same + 1, same, same + 1, same)[0] == pytest.approx(0.0)
+    assert report.hacking_gap(same + 1, same, same + 1, same)[0] == pytest.approx(0.0)
 
 
 def test_instability_by_hand():
     # 15 rows: windows of 5 with means 1, 3, 2 → drops 1→3 (none), 3→2 = 1; tail = last ceil(0.2·15) = 3 rows.
     v = [1.0] * 5 + [3.0] * 5 + [2.0, 2.0, 2.0, 1.0, 3.0]
-    tail_std, drop = evaluate.instability(v)
+    tail_std, drop = report.instability(v)
     assert tail_std == pytest.approx(float(torch.tensor([2.0, 1.0, 3.0]).std()))  # sample std = 1
     assert drop == pytest.approx(1.0)
-    assert evaluate.instability([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])[1] == 0.0  # a rising curve never drops
-    tail_std, drop = evaluate.instability([0.5, 0.7])  # too short for two windows
+    assert report.instability([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])[1] == 0.0  # a rising curve never drops
+    tail_std, drop = report.instability([0.5, 0.7])  # too short for two windows
     assert tail_std == pytest.approx(math.sqrt(0.02)) and math.isnan(drop)
     assert torch.allclose(report.trailing_mean(torch.tensor([2.0, 4, 6, 8]), 2), torch.tensor([2.0, 3, 5, 7]))
 
