@@ -1,10 +1,13 @@
-"""evaluate.py's output: the arm and reward-model tables, the figures (curves.png, samples.png, rm_maps.png)
-and report.md — made from the numbers evaluate.py computed, never the other way round.
+"""evaluate.py's plumbing and output, so that evaluate.py reads as the experiment: the runs' configs and reuse
+(sub_config, run_once), the measures read off each arm beside the judges' (hacking_gap, instability), the
+diagnostics beside the verdicts (load_iqa, rm_on_policies), and the output — the arm and reward-model
+tables, the figures, report.md and results.json — made from the numbers evaluate.py computed, never the
+other way round.
 
     report.figures(cfg, arms, rms, shown, val, out_dir)     # the paper's Fig. 1b / 1c in the toy world
-    text = report.report_text(cfg, ...)                     # report.md
+    report.write(cfg, dev, t0, t_train, rcfg, arms, ...)    # RM tables, figures, report.md, results.json
 
-What a reader should see (method.md "The honest toy world"):
+What a reader should see (docs/method.md "The honest toy world"):
 - curves.png: one row per algorithm; per RL step the proxy each arm optimised (the RM stage it ends on — RM_0
   for global, RM_N otherwise — scoring its samples) minus the placebo's score by the same stage, the gold
   judge, and gold minus the placebo's: the paired differences take out the batch, which every arm of a seed
@@ -15,7 +18,7 @@ What a reader should see (method.md "The honest toy world"):
 - hacked.png: per algorithm, the global arm's most-rewarded held-out sample (highest RM_0 score) beside its
   gold map, and SFT's sample of the same crop with its gold map: what a high proxy bought.
 - rm_maps.png: held-out FGR examples, their label map, and what each RM stage's map makes of them.
-Kept apart from evaluate.py, which trains and judges, so both read on their own (design.md: ~400 lines).
+Kept apart from evaluate.py, which trains and judges, so both read on their own (a file: at most 450 lines).
 """
 
 import dataclasses
@@ -102,7 +105,8 @@ def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
 def hacking_gap(proxy, proxy_sft, quality, quality_sft) -> tuple[float, float, float]:
     """(gap, Δproxy_z, Δquality_z): each improvement over the SFT start in units of its (sample) std over
     the SFT outputs; gap = Δproxy_z − Δquality_z. Positive = the proxy rose more than the gold quality
-    supports: reward hacking ("The honest toy world", method.md). Inputs: per-sample values, any shape."""
+    supports: reward hacking ("The honest toy world", docs/method.md). Inputs: per-sample values, any
+    shape."""
     dp = float((proxy.mean() - proxy_sft.mean()) / proxy_sft.std().clamp_min(1e-8))
     dq = float((quality.mean() - quality_sft.mean()) / quality_sft.std().clamp_min(1e-8))
     return dp - dq, dp, dq

@@ -1,5 +1,6 @@
-"""evaluate.py + apply.py: the comparison's arithmetic on hand examples, run reuse, a tiny end-to-end
-main(cfg) that writes report.md and every figure, score / upscale on awkward images, the pyiqa skip path."""
+"""evaluate.py, report.py, apply.py: the comparison's arithmetic on hand examples, run reuse, a tiny
+end-to-end main(cfg) that writes report.md and every figure, score / upscale on awkward images, the pyiqa
+skip path."""
 
 import dataclasses
 import functools
