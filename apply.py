@@ -5,17 +5,18 @@
 
     python evaluate.py score --data=lr:LR_DIR --policy=DIR --rm=DIR     # RealLR200-style: upscale, then score
 
-`score` prints each image's FinPercep-RM score S (higher = better, method.md §1) and writes the image with
-its degradation map M as a red overlay (<name>_dmap.png); `upscale` writes the ×4 result (<name>_x4.png).
+`score` prints each image's FinPercep-RM score S (higher = better, docs/method.md §1) and writes the image
+with its degradation map M as a red overlay (<name>_dmap.png); `upscale` writes the ×4 result (<name>_x4.png).
 --data=lr:LR_DIR adds every image of that folder to the inputs. `score --policy=DIR` first upscales each
 input with the policy and scores the result: the paper's no-reference protocol for LR-only test sets
-(RealLR200, RealLQ250; method.md §6) — RM scores and maps only, as there is no HR for PSNR or the gold judge.
-Any size and any Pillow-readable image (grey, RGBA, 16-bit: images.to_rgb_float) works; an unreadable file is
-reported and skipped. Both models are convolutional but have a total stride, so an image is padded
+(RealLR200, RealLQ250; docs/method.md §6) — RM scores and maps only, as there is no HR for PSNR or the gold
+judge. Any size and any Pillow-readable image (grey, RGBA, 16-bit: images.to_rgb_float) works; an unreadable
+file is reported and skipped. Both models are convolutional but have a total stride, so an image is padded
 (reflect) to a multiple of it and the output cropped back; a large image is cut into overlapping tiles,
 run in batches of tiles, and the outputs are blended with linear ramps over the overlaps (no seams).
-Kept apart from evaluate.py (the comparison experiment) so each file reads on its own (design.md: ~400 lines
-a file); evaluate.py stays the single entry point and passes its Config here.
+Kept apart from evaluate.py (the comparison experiment) so each file reads on its own; evaluate.py stays the
+single entry point and passes its Config and command here (command). sample is the policy sampler whose
+outputs evaluate.py judges: a policy applied to LR crops, with fixed seeds.
 """
 
 import os
@@ -35,7 +36,7 @@ from rm import load_rm
 
 # Default tile side for score: the crop the RM was trained on (rm.json "crop", 64 px by default), so every
 # tile is what the RM has seen. Its score pools globally and its GroupNorm statistics are per image: on a
-# 256-px tile of the same picture the map came out far fainter (area > 0.1: 0.3 % vs 15.9 % at 64 px).
+# much larger tile of the same picture its map comes out far fainter.
 SCORE_TILE = 64  # when rm.json does not say
 # An RM needs its deepest features to span more than one pixel (GroupNorm statistics, pooling): images
 # smaller than this are padded up to it. 32 px = 4×4 positions of f_N at the default stride 8.
@@ -141,6 +142,17 @@ def upscaler(cfg, dev):
     return lambda img: tiled(fn, img, cfg.tile or UPSCALE_TILE, pol.lr_multiple, data.SCALE, cfg.tile_batch)
 
 
+@torch.no_grad()
+def sample(policy_dir, lr, n_seeds: int, dev) -> torch.Tensor:
+    """(n_seeds, B, 3, 4h, 4w) samples with the K and eta the policy was trained to sample with (its
+    policy.json), one fixed generator per seed; policy_dir None = bicubic (the same for every seed)."""
+    if policy_dir is None:
+        return data.upsample(lr)[None].expand(n_seeds, -1, -1, -1, -1)
+    pol = load_policy(policy_dir, dev)
+    gens = [config.generator("eval/sample", s, device=dev) for s in range(n_seeds)]
+    return torch.stack([pol.upscale(lr.to(dev), generator=g).cpu() for g in gens])
+
+
 def score(cfg, paths: list) -> list:
     """Print the RM score of every image (of its ×4 upscale with --policy) and write <stem>_dmap.png overlays
     (and <stem>_x4.png). Returns [(path, score)]."""
@@ -170,7 +182,7 @@ def score(cfg, paths: list) -> list:
         sm = tiled(fn, img.to(dev), tile, rm.stride, 1, cfg.tile_batch, MIN_SCORE)[0].cpu()
         s, M = float(sm[0].mean()), sm[1:]
         line = f"{p}\t{img.shape[-1]}x{img.shape[-2]}\tscore {s:.4f}"
-        if rm.stage > 0:  # RM_0 is a global IQA without a map (method.md §5): nothing to overlay
+        if rm.stage > 0:  # RM_0 is a global IQA without a map (docs/method.md §5): nothing to overlay
             line += f"\tmean map {float(M.mean()):.3f}\tarea>0.1 {float((M > 0.1).float().mean()):.1%}"
             save_png(overlay(img[0], M), _out_path(cfg.out_dir, p, "_dmap", used))
         print(line)
@@ -202,3 +214,15 @@ def upscale(cfg, paths: list) -> list:
     if not out:  # every input was unreadable: a failure, not a result
         raise config.ConfigError(f"none of the {len(paths)} input(s) could be read; nothing upscaled")
     return out
+
+
+def command(cfg, args: list):
+    """evaluate.py's user commands: args = [score | upscale, IMAGES...], cfg its parsed Config. Returns what
+    score / upscale return; an unknown command is a one-line error, Ctrl-C a one-line exit."""
+    if args[0] not in ("score", "upscale"):
+        raise config.ConfigError(f"unknown command '{args[0]}'; use score IMAGES --rm=DIR, upscale IMAGES "
+                                 "--policy=DIR, or no command for the comparison")  # fmt: skip
+    try:
+        return (score if args[0] == "score" else upscale)(cfg, args[1:])
+    except KeyboardInterrupt:  # what was written stays written: one line, no traceback
+        raise SystemExit(f"interrupted: the images done so far are in {cfg.out_dir}") from None

@@ -1,39 +1,33 @@
-"""Does it work? The paper's comparison (method.md §6) in the toy world, bracketed by controls; its report.
+"""Does it work? The paper's comparison (docs/method.md §6) in the toy world, bracketed by controls.
 
     python evaluate.py                                  # the main job: SFT → RM → RL arms × 2 algos × 3 seeds
-    python evaluate.py --controls=all                   # + the oracle with the gold score only, co-evolution
+    python evaluate.py --controls=all                   # + the gold-score oracle and the online RM refresh
     python evaluate.py --algos=pg                       # pg's arms only (ReFL's: --algos=refl)
     python evaluate.py --from_scratch                   # the RM without the shipped base: all from nothing
     python evaluate.py --device=cuda --preset=gpu       # a real run on one GPU
     python evaluate.py score a.png b.jpg --rm=out/eval/work/rm/rm_stage3      # scores + degradation overlays
     python evaluate.py upscale lr.png --policy=out/eval/work/rl_pg_ccl_s0/policy_final --out_dir=out/sr
 
-The main job runs the project in the faithful order (design.md "Data flow") through the scripts' own
-`main(cfg)`, never a copy of their loops, and keeps every run under <out_dir>/work:
+The main job runs the project in the run order, SFT → RM → RL, through the scripts' own `main(cfg)`, never a
+copy of their loops, and keeps every run under <out_dir>/work (reused while up to date: report.run_once):
   work/sft                         train_rl.main(sft_only): the common start of every arm
   work/rm                          train_rm.main(policy=work/sft/policy_sft): RM_0 … RM_N
   work/rl_{algo}_{arm}_s{seed}     train_rl.main(init_policy=work/sft/policy_sft): the RL arms, per algorithm
-The arms (ARMS): bicubic and SFT (no RL); the controls first (method.md "Controls first") — the placebo
-(random rewards: what the update's noise alone does) and the oracle (the gold judge's score and map as the
-reward: the ceiling); then the paper's comparison — RL on RM_0 only (global, the global-IQA baseline), on RM_N
-from step 0 (none, "no CCL"), and under the co-evolutionary curriculum (ccl). Every RL arm runs n_seeds
-training seeds. A run is reused only when its config.json equals the config it would get now and its final
-checkpoint exists and is newer than the checkpoints it read (make's rule); anything else is run again.
-Every arm is then judged on held-out photos by judges the reward models never learned from, and the claims
-(CLAIMS, per algorithm) are decided by one rule: a difference between two arms counts when it exceeds K_SE
-standard errors over training seeds (a paired t over crops sees only sampling noise; RL seeds differ more).
+Every RL arm (ARMS) runs n_seeds training seeds. Every arm is then judged on held-out photos by judges the
+reward models never learned from, and the claims (CLAIMS, per algorithm) are decided by one rule: a difference
+between two arms counts when it exceeds K_SE standard errors over training seeds (a paired t over crops sees
+only sampling noise; RL seeds differ more). report.py turns the numbers into tables, figures, report.md and
+results.json; apply.py holds the score / upscale commands.
 """
 
 import dataclasses
-import json
 import math
 import os
-import shlex
-import shutil
 import time
 
 import torch
 
+import apply
 import config
 import data
 import images
@@ -41,9 +35,7 @@ import report
 import rundir
 import train_rl
 import train_rm
-from apply import score, upscale
-from metrics import format_table, label_map, policy_metrics, psnr_y, ssim_map_y, validate
-from policy import load_policy
+from metrics import label_map, psnr_y, ssim_map_y
 from rm import load_stages
 
 
@@ -54,7 +46,7 @@ class Config:
     seed: int = 0  # SFT and RM use it; the RL arms use seed … seed + n_seeds − 1
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu: also selects train_rm's and train_rl's preset of the same name
-    n_seeds: int = 3  # RL training seeds per arm: the verdicts need their spread (≥ 3; method.md)
+    n_seeds: int = 3  # RL training seeds per arm: the verdicts need their spread (≥ 3; docs/method.md)
     controls: str = "default"  # default (placebo + oracle_map) | all (+ oracle_score, ccl_coevolve)
     # pg (ours: map-based per-pixel penalties), refl (the paper's). The first's arms keep their plain names.
     algos: str = "pg,refl"  # RL algorithms, each with every arm; the others' arms are '<algo>_<arm>'
@@ -80,8 +72,7 @@ class Config:
     def __post_init__(self):  # every flag value is checked where it is parsed: a one-line error each
         c = config
         c.check(
-            self,
-            n_seeds=c.at_least(1), controls=c.one_of("default", "all"),
+            self, n_seeds=c.at_least(1), controls=c.one_of("default", "all"),
             algos=((lambda v: sorted(v.split(",")) in (["pg"], ["refl"], ["pg", "refl"])),
                    "give pg, refl or both, e.g. --algos=pg,refl"),
             arm_steps=c.at_least(1), sft_steps=c.at_least(0), eval_n=c.at_least(2),
@@ -91,26 +82,25 @@ class Config:
         )  # fmt: skip
 
 
-# GPU presets: train_rm / train_rl switch to their presets of the same name too. gpu: sized to finish in
-# minutes on one H200 (docs/scaling.md: pending a measurement); gpu_full: a long run (its estimate: there).
+# GPU presets (docs/scaling.md; gpu: minutes on one H200, gpu_full: a long run): train_rm's, train_rl's too.
 PRESETS = {"cpu": {}, "gpu": {"arm_steps": 200, "eval_n": 64, "eval_crop": 128},
            "gpu_full": {"arm_steps": 1000, "eval_n": 128, "eval_crop": 256}}  # fmt: skip
-# The RL arms: the reward source and curriculum each trains with (train_rl --reward / --curriculum).
+# The RL arms (bicubic and SFT: no RL), the controls first (docs/method.md "Controls first"), then the paper's
+# comparison: the reward source and curriculum each trains with (train_rl --reward / --curriculum).
 ARMS = {
     "placebo": dict(reward="placebo", curriculum="global"),  # control: random rewards, no map
     "global": dict(reward="rm", curriculum="global"),  # RM_0 only: the global-IQA baseline
-    "none": dict(reward="rm", curriculum="none"),  # RM_N from step 0: no curriculum
-    "ccl": dict(reward="rm", curriculum="ccl"),  # RM_0 → … → RM_N: the method
+    "none": dict(reward="rm", curriculum="none"),  # RM_N from step 0: no curriculum ("no CCL")
+    "ccl": dict(reward="rm", curriculum="ccl"),  # RM_0 → … → RM_N: the method, the paper's curriculum (CCL)
     "oracle_map": dict(reward="gold", curriculum="none"),  # ceiling: gold score + gold map (toy world)
 }
-# --controls=all adds: the ceiling of a global reward, and online co-evolution (curriculum.py), which
-# would take the default job past its 20-minute CPU budget (3 more runs: 21 min measured with it).
+# --controls=all adds the global reward's ceiling and the online RM refresh (--coevolve): past the CPU budget.
 CONTROLS_ALL = {
     "oracle_score": dict(reward="gold", curriculum="global"),
     "ccl_coevolve": dict(reward="rm", curriculum="ccl", coevolve=True),
 }
 K_SE = 2.0  # the noise rule [ours]: a difference counts when it exceeds K_SE standard errors over seeds
-# The claims (method.md §6 and "Controls first"): (claim, arm a, arm b, metric, sign). Holds when
+# The claims (docs/method.md §6 and "Controls first"): (claim, arm a, arm b, metric, sign). Holds when
 # sign · (a − b) > K_SE · SE; sign −1 for "lower is better" metrics (gold, tail std of reward_final).
 CLAIMS = [
     ("RL works: the oracle (gold map) beats SFT on gold", "oracle_map", "sft", "gold", -1),
@@ -129,35 +119,8 @@ HACK_CLAIM = "The global reward hacks: its proxy RM_0 rises above the placebo's,
 # 1. The runs: SFT → RM → RL arms, each through its script's own main(cfg), reused when up to date
 
 
-def sub_config(cls, presets: dict, preset: str, args: str, **fixed):
-    """A train_rm / train_rl Config as its CLI would build it (preset, then `args`), then evaluate's knobs."""
-    sub = config.parse(cls, [f"--preset={preset}", *shlex.split(args)], presets)
-    return dataclasses.replace(sub, **fixed)
-
-
-def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
-    """main_fn(cfg) unless cfg.out_dir holds a finished run of exactly this config, newer than its inputs."""
-    path = os.path.join(cfg.out_dir, "config.json")
-    want = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as rundir.save_config wrote it
-    done = os.path.isfile(final) and os.path.isfile(path)
-    if done:
-        with open(path) as f:
-            saved = {k: v for k, v in json.load(f).items() if k != "_script"}  # rundir.save_config's tag
-        same = saved == want
-        done = same and all(os.path.getmtime(final) >= os.path.getmtime(i) for i in inputs)
-    if done:
-        log.append((cfg.out_dir, "reused", 0.0))
-        print(f"reusing {cfg.out_dir} (same config, newer than its inputs)")
-        return
-    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # stale: e.g. train_sft would reuse an old policy_sft
-    t0 = time.time()
-    main_fn(cfg)
-    log.append((cfg.out_dir, "trained", time.time() - t0))
-
-
 def arm_list(cfg: Config) -> list:
-    """[(arm name, algo, train_rl overrides)]: the first algorithm's arms by their plain names, then each
-    other algorithm's as '<algo>_<arm>'."""
+    """[(arm name, algo, train_rl overrides)]: the first algorithm's arms plain, later ones' <algo>_<arm>."""
     arms = {**ARMS, **(CONTROLS_ALL if cfg.controls == "all" else {})}
     return [(p + a, algo, kw) for algo, p in prefixes(cfg).items() for a, kw in arms.items()]
 
@@ -172,24 +135,24 @@ def train_all(cfg: Config, log: list):
     (run_dir or None, policy_dir or None for bicubic, RL config)."""
     work = os.path.join(cfg.out_dir, "work")
     common = {"data": cfg.data, "device": cfg.device}
-    rl = sub_config(train_rl.Config, train_rl.PRESETS, cfg.preset, cfg.rl_args, seed=cfg.seed, **common)
+    rl = report.sub_config(train_rl, cfg.preset, cfg.rl_args, seed=cfg.seed, **common)
     if cfg.sft_steps:
         rl = dataclasses.replace(rl, sft_steps=cfg.sft_steps)
     # SFT once: the start of every arm (and the policy whose samples join the RM's SR zoo).
     sft_dir = os.path.join(work, "sft")
     sft_policy = os.path.join(sft_dir, "policy_sft")
     sft_done = os.path.join(sft_policy, "policy.json")
-    run_once(train_rl.main, dataclasses.replace(rl, out_dir=sft_dir, sft_only=True), sft_done, [], log)
+    report.run_once(train_rl.main, dataclasses.replace(rl, out_dir=sft_dir, sft_only=True), sft_done, [], log)
     rl = dataclasses.replace(rl, sft_only=False)  # whatever rl_args said: the arms do RL
-    # The RM stages, trained with the SFT policy's samples in the zoo (method.md §2: "several diffusion SR
-    # models"; design.md: SFT → RM → RL).
+    # The RM stages, trained with the SFT policy's samples in the zoo (docs/method.md §2: "several diffusion
+    # SR models"): the run order, SFT → RM → RL.
     steps = train_rm.PRESETS["scratch"] if cfg.from_scratch else {}  # RM_0 trained too, not the shipped base
     steps = {**steps, "stage_steps": tuple(cfg.rm_steps)} if cfg.rm_steps else steps
-    rcfg = sub_config(train_rm.Config, train_rm.PRESETS, cfg.preset, cfg.rm_args, **common, **steps)
+    rcfg = report.sub_config(train_rm, cfg.preset, cfg.rm_args, **common, **steps)
     rm_dir = os.path.join(work, "rm")
     rcfg = dataclasses.replace(rcfg, out_dir=rm_dir, policy=sft_policy, seed=cfg.seed)
     rm_done = os.path.join(rm_dir, f"rm_stage{rcfg.n_stages}", "rm.json")
-    run_once(train_rm.main, rcfg, rm_done, [sft_done], log)
+    report.run_once(train_rm.main, rcfg, rm_done, [sft_done], log)
     # The RL arms: same start, same seeds, same budget; only the reward (and the algorithm) differ.
     arms = {"bicubic": [(None, None, rl)], "sft": [(None, sft_policy, rl)]}
     for name, algo, kw in arm_list(cfg):
@@ -199,39 +162,13 @@ def train_all(cfg: Config, log: list):
             acfg = dataclasses.replace(rl, out_dir=out, init_policy=sft_policy, rm_dir=rm_dir, seed=seed)
             acfg = dataclasses.replace(acfg, algo=algo, steps=cfg.arm_steps, **kw)
             final = os.path.join(out, "policy_final")
-            run_once(train_rl.main, acfg, os.path.join(final, "policy.json"), [sft_done, rm_done], log)
+            report.run_once(train_rl.main, acfg, os.path.join(final, "policy.json"), [sft_done, rm_done], log)
             arms[name].append((out, final, acfg))
     return rcfg, arms
 
 
 # ----------------------------------------------------------------------------------------------------
-# 2. The arithmetic of the comparison: pure functions, pinned by hand examples in tests/test_evaluate.py
-
-
-def hacking_gap(proxy, proxy_sft, quality, quality_sft) -> tuple[float, float, float]:
-    """(gap, Δproxy_z, Δquality_z): each improvement over the SFT start in units of its (sample) std over
-    the SFT outputs; gap = Δproxy_z − Δquality_z. Positive = the proxy rose more than the gold quality
-    supports: reward hacking ("The honest toy world", method.md). Inputs: per-sample values, any shape."""
-    dp = float((proxy.mean() - proxy_sft.mean()) / proxy_sft.std().clamp_min(1e-8))
-    dq = float((quality.mean() - quality_sft.mean()) / quality_sft.std().clamp_min(1e-8))
-    return dp - dq, dp, dq
-
-
-def instability(values, tail: float = 0.2, window: int = 5) -> tuple[float, float]:
-    """(tail_std, max_drop) of a training curve (reward_final per logged RL step).
-
-    tail_std: sample std over the last `tail` share of the rows (at least 2): how much it still shakes.
-    max_drop: the "logged means" are means over consecutive, non-overlapping windows of `window` rows (a
-    trailing partial window is dropped); max_drop is the largest fall from one window mean to the next, ≥ 0
-    (0 for a curve that never falls). NaN where there are too few rows (< 2 rows, or < 2 full windows)."""
-    v = torch.as_tensor(values, dtype=torch.float64).flatten()
-    n = len(v)
-    tail_std = float(v[-max(2, math.ceil(tail * n)) :].std()) if n >= 2 else math.nan
-    w = n // window
-    if w < 2:
-        return tail_std, math.nan
-    means = v[: w * window].view(w, window).mean(1)
-    return tail_std, float((means[:-1] - means[1:]).max().clamp_min(0))
+# 2. The noise rule: mean ± SE over training seeds; a difference counts beyond K_SE SE (tests: by hand)
 
 
 def mean_se(vals: list, trained: bool = True) -> tuple[float, float]:
@@ -275,21 +212,10 @@ def eval_set(cfg: Config):
 
 
 @torch.no_grad()
-def sample(policy_dir, lr, n_seeds: int, dev) -> torch.Tensor:
-    """(n_seeds, B, 3, 4h, 4w) samples with the K and eta the policy was trained to sample with (its
-    policy.json), one fixed generator per seed; policy_dir None = bicubic (the same for every seed)."""
-    if policy_dir is None:
-        return data.upsample(lr)[None].expand(n_seeds, -1, -1, -1, -1)
-    pol = load_policy(policy_dir, dev)
-    gens = [config.generator("eval/sample", s, device=dev) for s in range(n_seeds)]
-    return torch.stack([pol.upscale(lr.to(dev), generator=g).cpu() for g in gens])
-
-
-@torch.no_grad()
 def judge(sr, hr, rms, dev, iqa=None) -> dict:
     """Per-sample numbers (S·B,) of samples sr (S, B, 3, H, W) against HR (B, 3, H, W), all batched."""
     x, ref = sr.flatten(0, 1).to(dev), hr.repeat(sr.shape[0], 1, 1, 1).to(dev)
-    M = label_map(x, ref)  # the gold judge (method.md §2), lower = better
+    M = label_map(x, ref)  # the gold judge (docs/method.md §2), lower = better
     ssim = ssim_map_y(x, ref).mean((1, 2, 3))  # = metrics.ssim_y, from its map
     out = {
         "psnr": psnr_y(x, ref),
@@ -308,42 +234,20 @@ def judge(sr, hr, rms, dev, iqa=None) -> dict:
     return {k: v.float().cpu() for k, v in out.items()}
 
 
-def load_iqa(dev):
-    """pyiqa's LPIPS / MUSIQ / MANIQA / CLIPIQA (the paper's metrics, §6) if pyiqa and its weights are
-    present offline; else None and one line saying so. Returns (metrics or None, message)."""
-    try:
-        import pyiqa
-
-        return {n: pyiqa.create_metric(n, device=dev) for n in ("lpips", "musiq", "maniqa", "clipiqa")}, ""
-    except Exception as e:  # not installed, or its weights are not on disk (nothing is downloaded here)
-        msg = f"pyiqa metrics (LPIPS/MUSIQ/MANIQA/CLIPIQA) skipped: {type(e).__name__}: {str(e)[:100]}"
-        print(msg)
-        return None, msg
-
-
 def evaluate_arms(cfg, arms, rms, dev, iqa):
     """Sample and judge every arm. Returns (results: name → metric → [one float per seed], shown samples).
 
-    Per seed: the held-out means of judge()'s numbers; `gap`, the hacking gap against the SFT outputs
-    (hacking_gap, proxy = the RM stage the arm optimised last: RM_0 for global and the placebo, else RM_N);
-    for RL arms the training curve's tail_std / max_drop, and `gain`, the oracle-normalised gold gain
-    (gold_SFT − gold_arm) / (gold_SFT − mean gold_oracle_map): 0 = no better than SFT, 1 = the oracle."""
+    Per seed: judge()'s held-out means, report.arm_measures (hacking gap; an RL arm's tail_std, max_drop) and
+    `gain` = (gold_SFT − gold_arm) / (gold_SFT − mean gold_oracle_map): 0 = no better than SFT, 1 = oracle."""
     hr, lr = eval_set(cfg)
     results, shown, sft = {}, {}, None
     for name, runs in arms.items():  # "bicubic" and "sft" first: the improvements are measured from SFT
         res = {}
         for run_dir, policy_dir, acfg in runs:
-            sr = sample(policy_dir, lr, cfg.eval_seeds, dev)
+            sr = apply.sample(policy_dir, lr, cfg.eval_seeds, dev)
             per = judge(sr, hr, rms, dev, iqa)
             sft = per if name == "sft" else sft
-            r = {k: float(v.mean()) for k, v in per.items()}
-            if sft is not None:
-                proxy = "proxy0" if run_dir and acfg.curriculum == "global" else "proxyN"
-                r["gap"] = hacking_gap(per[proxy], sft[proxy], 1 - per["gold"], 1 - sft["gold"])[0]
-            if run_dir:  # instability of the training curve (bicubic, SFT have none)
-                r["tail_std"], r["max_drop"] = instability(
-                    [x["reward_final"] for x in report.rl_rows(run_dir)]
-                )
+            r = {k: float(v.mean()) for k, v in per.items()} | report.arm_measures(per, sft, run_dir, acfg)
             for k, v in r.items():
                 res.setdefault(k, []).append(v)
             shown.setdefault(name, sr[0])  # the first sampling seed of the first training seed, for figures
@@ -353,21 +257,6 @@ def evaluate_arms(cfg, arms, rms, dev, iqa):
         for res in results.values():
             res["gain"] = [(g_sft - g) / (g_sft - g_or) if g_sft != g_or else math.nan for g in res["gold"]]
     return results, (hr, lr, shown)
-
-
-POLICY_TABLE = ("sft", "placebo", "global", "ccl", "ccl_coevolve")  # whose samples the RMs are checked on
-
-
-@torch.no_grad()
-def rm_on_policies(cfg, arms, rms, hr, lr, dev) -> list:
-    """Does the RM see what RL paints? For each policy of POLICY_TABLE (training seed 0) G = 4 samples of
-    every other held-out crop (hr, lr: eval_set's), and every RM stage's map AUROC against the gold map and
-    within-group rank correlation with gold (policy_metrics; the global arm's policy is the hacked one)."""
-    rows, g = [], config.generator("eval/policy_groups", cfg.seed)
-    for name in (n for n in POLICY_TABLE if n in arms):
-        groups = train_rm.policy_groups(load_policy(arms[name][0][1], dev), hr[::2], lr[::2], 4, g)
-        rows += [{"policy": name, "stage": k, **policy_metrics(rm, groups)} for k, rm in enumerate(rms)]
-    return rows
 
 
 def verdicts(results: dict, trained: set, prefixes=("",)) -> dict:
@@ -403,47 +292,17 @@ def main(cfg: Config) -> str:
     rcfg, arms = train_all(cfg, log)
     t_train = time.time() - t0
     rms = load_stages(rcfg.out_dir, dev)  # every stage, frozen
-    iqa, iqa_msg = load_iqa(dev)
+    iqa, iqa_msg = report.load_iqa(dev)
     results, shown = evaluate_arms(cfg, arms, rms, dev, iqa)
     found = verdicts(results, {n for n, r in arms.items() if r[0][0]}, list(prefixes(cfg).values()))
-    # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
-    val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
-    rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]
-    pol_rows = rm_on_policies(cfg, arms, rms, *shown[:2], dev)  # on eval_set's crops (shown: hr, lr, …)
-    report.figures(cfg, arms, rms, shown, val, cfg.out_dir)
-    t_all = time.time() - t0
-    table = report.arm_table(results, list(iqa or {}))
-    runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}", *report.summary(p)) for p, s, t in log]
-    text = report.report_text(cfg, dev, t_all, t_train, found, K_SE, table, rm_rows, pol_rows, runs, iqa_msg)
-    with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
-        f.write(text)
-    keys = ("gold", "psnr", "ssim", "proxy0", "proxyN", "gain", "tail_std")  # results.json: per seed
-    out = {
-        "wall_s": t_all,
-        "n_seeds": cfg.n_seeds,
-        "arms": {n: {k: res[k] for k in keys if k in res} for n, res in results.items()},
-        "verdicts": {c: o for c, (o, _, _) in found.items()},
-        "rm_on_policies": pol_rows,
-    }
-    rundir.write_json(os.path.join(cfg.out_dir, "results.json"), out)
-    print(table + "\n\n" + format_table(rm_rows) + "\n")
-    print("\n".join(f"{c}: {o}" for c, (o, _, _) in found.items()))
-    print(f"report: {os.path.join(cfg.out_dir, 'report.md')} ({t_all / 60:.1f} min)")
+    report.write(cfg, dev, t0, t_train, rcfg, arms, rms, results, shown, found, K_SE, log, iqa, iqa_msg)
     return cfg.out_dir
 
 
 def cli(argv=None):
     """`python evaluate.py [score|upscale IMAGES...] --key=value ...`: no command runs the comparison."""
     cfg, args = config.parse(Config, argv, PRESETS, positional_ok=True)
-    if not args:
-        return main(cfg)
-    if args[0] not in ("score", "upscale"):
-        raise config.ConfigError(f"unknown command '{args[0]}'; use score IMAGES --rm=DIR, upscale IMAGES "
-                                 "--policy=DIR, or no command for the comparison")  # fmt: skip
-    try:
-        return (score if args[0] == "score" else upscale)(cfg, args[1:])
-    except KeyboardInterrupt:  # what was written stays written: one line, no traceback
-        raise SystemExit(f"interrupted: the images done so far are in {cfg.out_dir}") from None
+    return apply.command(cfg, args) if args else main(cfg)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""evaluate.py's output: the arm and reward-model tables, the figures (curves.png, samples.png, rm_maps.png)
-and report.md — made from the numbers evaluate.py computed, never the other way round.
+"""evaluate.py's plumbing and output, so that evaluate.py reads as the experiment: the runs' configs and reuse
+(sub_config, run_once), the measures read off each arm beside the judges' (hacking_gap, instability), the
+diagnostics beside the verdicts (load_iqa, rm_on_policies), and the output — the arm and reward-model
+tables, the figures, report.md and results.json — made from the numbers evaluate.py computed, never the
+other way round.
 
     report.figures(cfg, arms, rms, shown, val, out_dir)     # the paper's Fig. 1b / 1c in the toy world
-    text = report.report_text(cfg, ...)                     # report.md
+    report.write(cfg, dev, t0, t_train, rcfg, arms, ...)    # RM tables, figures, report.md, results.json
 
-What a reader should see (method.md "The honest toy world"):
+What a reader should see (docs/method.md "The honest toy world"):
 - curves.png: one row per algorithm; per RL step the proxy each arm optimised (the RM stage it ends on — RM_0
   for global, RM_N otherwise — scoring its samples) minus the placebo's score by the same stage, the gold
   judge, and gold minus the placebo's: the paired differences take out the batch, which every arm of a seed
@@ -15,17 +18,57 @@ What a reader should see (method.md "The honest toy world"):
 - hacked.png: per algorithm, the global arm's most-rewarded held-out sample (highest RM_0 score) beside its
   gold map, and SFT's sample of the same crop with its gold map: what a high proxy bought.
 - rm_maps.png: held-out FGR examples, their label map, and what each RM stage's map makes of them.
-Kept apart from evaluate.py, which trains and judges, so both read on their own (design.md: ~400 lines).
+Kept apart from evaluate.py, which trains and judges, so both read on their own (a file: at most 450 lines).
 """
 
+import dataclasses
 import json
+import math
 import os
+import shlex
+import shutil
+import time
 
 import torch
 
+import config
 import data
 import images
-from metrics import label_map
+import rundir
+import train_rm
+from metrics import format_table, label_map, policy_metrics, validate
+from policy import load_policy
+
+# ----------------------------------------------------------------------------------------------------
+# The runs: evaluate.train_all's sub-configs and reuse rule (make's), and what each run logged
+
+
+def sub_config(script, preset: str, args: str, **fixed):
+    """A train_rm / train_rl (the module: script) Config as its CLI would build it (preset, then `args`),
+    then evaluate's knobs."""
+    sub = config.parse(script.Config, [f"--preset={preset}", *shlex.split(args)], script.PRESETS)
+    return dataclasses.replace(sub, **fixed)
+
+
+def run_once(main_fn, cfg, final: str, inputs: list, log: list) -> None:
+    """main_fn(cfg) unless cfg.out_dir holds a finished run of exactly this config, newer than its inputs.
+    Appends (out_dir, "reused" | "trained", seconds) to log: the report's Runs table."""
+    path = os.path.join(cfg.out_dir, "config.json")
+    want = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # as rundir.save_config wrote it
+    done = os.path.isfile(final) and os.path.isfile(path)
+    if done:
+        with open(path) as f:
+            saved = {k: v for k, v in json.load(f).items() if k != "_script"}  # rundir.save_config's tag
+        same = saved == want
+        done = same and all(os.path.getmtime(final) >= os.path.getmtime(i) for i in inputs)
+    if done:
+        log.append((cfg.out_dir, "reused", 0.0))
+        print(f"reusing {cfg.out_dir} (same config, newer than its inputs)")
+        return
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # stale: e.g. train_sft would reuse an old policy_sft
+    t0 = time.time()
+    main_fn(cfg)
+    log.append((cfg.out_dir, "trained", time.time() - t0))
 
 
 def rl_rows(run_dir: str) -> list:
@@ -52,6 +95,85 @@ def trailing_mean(v: torch.Tensor, w: int) -> torch.Tensor:
     i = torch.arange(1, len(v) + 1)
     lo = (i - w).clamp(min=0)
     return (c[i] - c[lo]) / (i - lo)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measures evaluate.evaluate_arms reads off each arm beside the judges': pure functions, pinned by hand
+# examples in tests/test_evaluate.py
+
+
+def hacking_gap(proxy, proxy_sft, quality, quality_sft) -> tuple[float, float, float]:
+    """(gap, Δproxy_z, Δquality_z): each improvement over the SFT start in units of its (sample) std over
+    the SFT outputs; gap = Δproxy_z − Δquality_z. Positive = the proxy rose more than the gold quality
+    supports: reward hacking ("The honest toy world", docs/method.md). Inputs: per-sample values, any
+    shape."""
+    dp = float((proxy.mean() - proxy_sft.mean()) / proxy_sft.std().clamp_min(1e-8))
+    dq = float((quality.mean() - quality_sft.mean()) / quality_sft.std().clamp_min(1e-8))
+    return dp - dq, dp, dq
+
+
+def instability(values, tail: float = 0.2, window: int = 5) -> tuple[float, float]:
+    """(tail_std, max_drop) of a training curve (reward_final per logged RL step).
+
+    tail_std: sample std over the last `tail` share of the rows (at least 2): how much it still shakes.
+    max_drop: the "logged means" are means over consecutive, non-overlapping windows of `window` rows (a
+    trailing partial window is dropped); max_drop is the largest fall from one window mean to the next, ≥ 0
+    (0 for a curve that never falls). NaN where there are too few rows (< 2 rows, or < 2 full windows)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    n = len(v)
+    tail_std = float(v[-max(2, math.ceil(tail * n)) :].std()) if n >= 2 else math.nan
+    w = n // window
+    if w < 2:
+        return tail_std, math.nan
+    means = v[: w * window].view(w, window).mean(1)
+    return tail_std, float((means[:-1] - means[1:]).max().clamp_min(0))
+
+
+def arm_measures(per: dict, sft, run_dir, acfg) -> dict:
+    """One seed of one arm, beside judge()'s means: `gap`, the hacking gap against the SFT outputs (once SFT
+    is judged; proxy = the RM stage the arm optimised last: RM_0 for global and the placebo, else RM_N), and
+    for an RL arm its training curve's tail_std / max_drop (instability of reward_final). per, sft: judge()'s
+    per-sample numbers; run_dir, acfg: the arm's run (None for bicubic and SFT) and its RL config."""
+    r = {}
+    if sft is not None:
+        proxy = "proxy0" if run_dir and acfg.curriculum == "global" else "proxyN"
+        r["gap"] = hacking_gap(per[proxy], sft[proxy], 1 - per["gold"], 1 - sft["gold"])[0]
+    if run_dir:  # instability of the training curve (bicubic, SFT have none)
+        r["tail_std"], r["max_drop"] = instability([x["reward_final"] for x in rl_rows(run_dir)])
+    return r
+
+
+# ----------------------------------------------------------------------------------------------------
+# Diagnostics beside the verdicts: the paper's IQA metrics where present, the RMs on the policies' samples
+
+
+def load_iqa(dev):
+    """pyiqa's LPIPS / MUSIQ / MANIQA / CLIPIQA (the paper's metrics, §6) if pyiqa and its weights are
+    present offline; else None and one line saying so. Returns (metrics or None, message)."""
+    try:
+        import pyiqa
+
+        return {n: pyiqa.create_metric(n, device=dev) for n in ("lpips", "musiq", "maniqa", "clipiqa")}, ""
+    except Exception as e:  # not installed, or its weights are not on disk (nothing is downloaded here)
+        msg = f"pyiqa metrics (LPIPS/MUSIQ/MANIQA/CLIPIQA) skipped: {type(e).__name__}: {str(e)[:100]}"
+        print(msg)
+        return None, msg
+
+
+POLICY_TABLE = ("sft", "placebo", "global", "ccl", "ccl_coevolve")  # whose samples the RMs are checked on
+
+
+@torch.no_grad()
+def rm_on_policies(cfg, arms, rms, hr, lr, dev) -> list:
+    """Does the RM see what RL paints? For each policy of POLICY_TABLE (training seed 0) G = 4 samples of
+    every other held-out crop (hr, lr: evaluate.eval_set's), and every RM stage's map AUROC against the gold
+    map and within-group rank correlation with gold (policy_metrics; the global arm's policy is the hacked
+    one)."""
+    rows, g = [], config.generator("eval/policy_groups", cfg.seed)
+    for name in (n for n in POLICY_TABLE if n in arms):
+        groups = train_rm.policy_groups(load_policy(arms[name][0][1], dev), hr[::2], lr[::2], 4, g)
+        rows += [{"policy": name, "stage": k, **policy_metrics(rm, groups)} for k, rm in enumerate(rms)]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,3 +397,31 @@ quality (what the RL advantage compares). The global arm's policy is the one tha
 ## Runs
 {md_table(["run", "", "seconds", "reward_final first → last 10 %", "gold first → last 10 %"], runs)}
 """
+
+
+def write(cfg, dev, t0, t_train, rcfg, arms, rms, results, shown, found, k_se, log, iqa, iqa_msg) -> None:
+    """After evaluate.main has judged the arms and decided the claims: the reward-model tables, the figures,
+    report.md and results.json in cfg.out_dir, and the tables and verdicts printed. t0: the job's start."""
+    # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
+    val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
+    rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]
+    pol_rows = rm_on_policies(cfg, arms, rms, *shown[:2], dev)  # on eval_set's crops (shown: hr, lr, …)
+    figures(cfg, arms, rms, shown, val, cfg.out_dir)
+    t_all = time.time() - t0
+    table = arm_table(results, list(iqa or {}))
+    runs = [(os.path.relpath(p, cfg.out_dir), s, f"{t:.0f}", *summary(p)) for p, s, t in log]
+    text = report_text(cfg, dev, t_all, t_train, found, k_se, table, rm_rows, pol_rows, runs, iqa_msg)
+    with open(os.path.join(cfg.out_dir, "report.md"), "w") as f:
+        f.write(text)
+    keys = ("gold", "psnr", "ssim", "proxy0", "proxyN", "gain", "tail_std")  # results.json: per seed
+    out = {
+        "wall_s": t_all,
+        "n_seeds": cfg.n_seeds,
+        "arms": {n: {k: res[k] for k in keys if k in res} for n, res in results.items()},
+        "verdicts": {c: o for c, (o, _, _) in found.items()},
+        "rm_on_policies": pol_rows,
+    }
+    rundir.write_json(os.path.join(cfg.out_dir, "results.json"), out)
+    print(table + "\n\n" + format_table(rm_rows) + "\n")
+    print("\n".join(f"{c}: {o}" for c, (o, _, _) in found.items()))
+    print(f"report: {os.path.join(cfg.out_dir, 'report.md')} ({t_all / 60:.1f} min)")

@@ -1,5 +1,6 @@
-"""evaluate.py + apply.py: the comparison's arithmetic on hand examples, run reuse, a tiny end-to-end
-main(cfg) that writes report.md and every figure, score / upscale on awkward images, the pyiqa skip path."""
+"""evaluate.py, report.py, apply.py: the comparison's arithmetic on hand examples, run reuse, a tiny
+end-to-end main(cfg) that writes report.md and every figure, score / upscale on awkward images, the pyiqa
+skip path."""
 
 import dataclasses
 import functools
@@ -54,21 +55,21 @@ def test_hacking_gap_by_hand():
     # SFT proxy [0, 1, 2]: mean 1, sample std 1; the arm's proxy [2, 3, 4] is +2 std.
     # SFT gold quality [0.5, 0.7, 0.9]: std 0.2; the arm's [0.4, 0.6, 0.8] is −0.1 / 0.2 = −0.5 std.
     t = torch.tensor
-    gap, dp, dq = evaluate.hacking_gap(t([2.0, 3, 4]), t([0.0, 1, 2]), t([0.4, 0.6, 0.8]), t([0.5, 0.7, 0.9]))
+    gap, dp, dq = report.hacking_gap(t([2.0, 3, 4]), t([0.0, 1, 2]), t([0.4, 0.6, 0.8]), t([0.5, 0.7, 0.9]))
     assert (dp, dq) == pytest.approx((2.0, -0.5)) and gap == pytest.approx(2.5)
     # Proxy and gold improving together by the same number of stds: no hacking.
     same = torch.tensor([0.0, 1, 2])
-    assert evaluate.hacking_gap(same + 1, same, same + 1, same)[0] == pytest.approx(0.0)
+    assert report.hacking_gap(same + 1, same, same + 1, same)[0] == pytest.approx(0.0)
 
 
 def test_instability_by_hand():
     # 15 rows: windows of 5 with means 1, 3, 2 → drops 1→3 (none), 3→2 = 1; tail = last ceil(0.2·15) = 3 rows.
     v = [1.0] * 5 + [3.0] * 5 + [2.0, 2.0, 2.0, 1.0, 3.0]
-    tail_std, drop = evaluate.instability(v)
+    tail_std, drop = report.instability(v)
     assert tail_std == pytest.approx(float(torch.tensor([2.0, 1.0, 3.0]).std()))  # sample std = 1
     assert drop == pytest.approx(1.0)
-    assert evaluate.instability([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])[1] == 0.0  # a rising curve never drops
-    tail_std, drop = evaluate.instability([0.5, 0.7])  # too short for two windows
+    assert report.instability([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])[1] == 0.0  # a rising curve never drops
+    tail_std, drop = report.instability([0.5, 0.7])  # too short for two windows
     assert tail_std == pytest.approx(math.sqrt(0.02)) and math.isnan(drop)
     assert torch.allclose(report.trailing_mean(torch.tensor([2.0, 4, 6, 8]), 2), torch.tensor([2.0, 3, 5, 7]))
 
@@ -130,20 +131,20 @@ def test_run_once_reuses_only_finished_matching_fresh_runs(tmp_path):
     open(up, "w").close()
     os.utime(up, (1, 1))  # an old input
     log = []
-    evaluate.run_once(fake_main, cfg, final, [up], log)
-    evaluate.run_once(fake_main, cfg, final, [up], log)  # same config (tuple vs JSON list too): reused
+    report.run_once(fake_main, cfg, final, [up], log)
+    report.run_once(fake_main, cfg, final, [up], log)  # same config (tuple vs JSON list too): reused
     assert calls == [2] and [s for _, s, _ in log] == ["trained", "reused"]
-    evaluate.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)  # config changed
+    report.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)  # config changed
     os.utime(up, (2e10, 2e10))  # the input is newer than the run's checkpoint: stale
-    evaluate.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)
+    report.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [up], log)
     os.remove(final)  # an unfinished run
-    evaluate.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [], log)
+    report.run_once(fake_main, dataclasses.replace(cfg, steps=3), final, [], log)
     assert calls == [2, 3, 3, 3]
 
 
 def test_pyiqa_skip_path(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyiqa", None)  # `import pyiqa` raises ImportError, as on this machine
-    iqa, msg = evaluate.load_iqa(torch.device("cpu"))
+    iqa, msg = report.load_iqa(torch.device("cpu"))
     assert iqa is None and "skipped" in msg and "skipped" in capsys.readouterr().out
 
 
