@@ -29,7 +29,6 @@ from tqdm import tqdm
 import config
 import data
 import images
-import ldm  # noqa: F401  (registers LDM SR pipelines with load_policy: --policy may be one)
 import rundir
 from policy import POLICY_FIX, load_policy
 from rm import load_rm
