@@ -74,7 +74,9 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """A run's end: wait for every rank (rank 0 may still be writing checkpoints), then leave the group."""
     if torch.distributed.is_initialized():
+        barrier()
         torch.distributed.destroy_process_group()
 
 

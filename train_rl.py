@@ -225,7 +225,7 @@ def main(cfg: Config) -> str:
     # The reward source (rewards.py) gives the reward; RM_N also judges every run (reward_final), whatever
     # its source, so the curves of all arms compare. --coevolve refreshes copies of the RMs (curriculum.py).
     coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None
-    for r in rms:
+    for r in rms:  # --compile: the frozen RMs' forwards too
         scale.compile_module(r, dev, cfg.compile)
     source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
     policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta  # saved in policy.json: upscale's defaults
@@ -236,7 +236,7 @@ def main(cfg: Config) -> str:
     opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
     start = resume(st, policy, opt, sched, coevo, main_rank)  # the refreshed RMs load in place
     nan, update = rundir.NanGuard("RL"), pg_update if cfg.algo == "pg" else refl_update
-    # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA.
+    # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA (prefetch).
     draw = lambda s: data.training_pairs(pool, cfg.batch, cfg.crop, cfg.degrade_max,
                                          config.generator("rl/draw", cfg.seed, s, rank))  # fmt: skip
     bar = tqdm(scale.prefetch(draw, range(start, cfg.steps), dev.type == "cuda"), initial=start,
@@ -252,8 +252,8 @@ def main(cfg: Config) -> str:
             #### BATCH: HR crops, their LR, and this step's noise generator, on the device
             hr, lr = (x.to(dev, non_blocking=True) for x in batch)
             gen = config.generator("rl/noise", cfg.seed, step, rank, device=dev)
-            #### ROLLOUT → REWARD → LOSS → BACKWARD, by pg or ReFL (the two functions below)
             opt.zero_grad(set_to_none=True)
+            #### ROLLOUT → REWARD → LOSS → BACKWARD, by pg or ReFL (the two functions below)
             sr, hr_g, loss, stats, share = update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt)
             #### STEP: clip the gradient, judge the samples, and — if everything is finite — step
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
@@ -266,7 +266,7 @@ def main(cfg: Config) -> str:
                 cause = f"the reward is not finite: check --reward={cfg.reward} (--rm_dir={cfg.rm_dir})"
             resume_at = step + 1
             if not nan.ok(finite, step, cause):
-                continue
+                continue  # skipped: a warning, and the run stops after 10 in a row
             opt.step()
             # --coevolve: the RM stage in use learns from this rollout; the reward's stages are these modules.
             if coevo is not None:
@@ -292,8 +292,7 @@ def main(cfg: Config) -> str:
         if row is not None:
             print(f"RL done: {cfg.out_dir}/policy_final; last step: reward_final {row['reward_final']:.3f},"
                   f" gold {row['gold']:.3f}, psnr {row['psnr']:.2f} (gold: lower is better)")  # fmt: skip
-    scale.barrier()  # nobody leaves before rank 0 has written the final checkpoints
-    scale.teardown()
+    scale.teardown()  # after a barrier: nobody leaves before rank 0 has written the final checkpoints
     return cfg.out_dir
 
 

@@ -128,8 +128,7 @@ PRESETS = {
 
 def main(cfg: Config) -> str:
     dev = scale.setup(cfg.device)  # + the process group under torchrun (docs/scaling.md)
-    main_rank, rank = scale.is_main(), scale.rank()
-    amp = scale.amp_dtype(cfg.amp)
+    main_rank, rank, amp = scale.is_main(), scale.rank(), scale.amp_dtype(cfg.amp)
     scale.fast_math(dev, cfg.tf32)
     #### INPUTS first — the base, data, held-out set, policy samples, resume state — so a run that fails on
     #### them leaves whatever is in out_dir untouched; only then the log (rundir.open_log).
@@ -161,10 +160,9 @@ def main(cfg: Config) -> str:
                 prev = os.path.join(cfg.out_dir, f"rm_stage{stage - 1}")
                 model = rm.load_rm(pre, dev) if os.path.isdir(pre) else rm.grow(rm.load_rm(prev, dev))
                 model = model.to(dev)
-            model.train()
             if cfg.channels_last:  # NHWC: faster convolutions on tensor cores
                 model.to(memory_format=torch.channels_last)
-            scale.compile_module(model, dev, cfg.compile)
+            scale.compile_module(model.train(), dev, cfg.compile)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     fused=dev.type == "cuda")  # fmt: skip
             first = resume_at = start_step if stage == start_stage else 0
