@@ -36,6 +36,7 @@ import data
 import images
 import rundir
 import train_rm
+import validation
 from metrics import format_table, label_map, policy_metrics, validate
 from policy import load_policy
 
@@ -403,7 +404,7 @@ def write(cfg, dev, t0, t_train, rcfg, arms, rms, results, shown, found, k_se, l
     """After evaluate.main has judged the arms and decided the claims: the reward-model tables, the figures,
     report.md and results.json in cfg.out_dir, and the tables and verdicts printed. t0: the job's start."""
     # The reward-model table: train_rm's own validation on its own fixed held-out set, every stage.
-    val = train_rm.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
+    val = validation.make_val_set(rcfg.data, rcfg.val_n, rcfg.crop, rcfg.seed)
     rm_rows = [{"stage": k, **validate(rm, val)} for k, rm in enumerate(rms)]
     pol_rows = rm_on_policies(cfg, arms, rms, *shown[:2], dev)  # on eval_set's crops (shown: hr, lr, …)
     figures(cfg, arms, rms, shown, val, cfg.out_dir)

@@ -22,33 +22,11 @@ from tqdm import tqdm
 
 import config
 import data
-import images
 import rundir
 import scale
-from metrics import psnr_y
+import validation
 from policy import PolicyConfig, estimate_residual_scale, load_policy, make_policy, save_policy
 from rm import freeze
-
-
-@torch.no_grad()
-def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) -> dict:
-    """PSNR-Y (dB) of deterministic sampling (eta = 0) vs bicubic on held-out crops, clean and degraded LR:
-    the SFT acceptance check, printed after SFT."""
-    g = config.generator("sft/psnr_table", seed)
-    pool = images.heldout_pool(data_name, crop)
-    dev = next(policy.parameters()).device
-    out = {}
-    # Real pairs have one LR per image ("real"); an HR source gets clean and degraded LR of the same crops.
-    paired = isinstance(pool, images.PairedPool)
-    hr = None if paired else pool.crops(n, crop, g)
-    for name, strength in (("real", 0.0),) if paired else (("clean", 0.0), ("degraded", 0.5)):
-        hr, lr = pool.pairs(n, crop, g) if paired else (hr, data.degrade(hr, strength, g))
-        lr, h = lr.to(dev), hr.to(dev)
-        # eta = 0: the deterministic DDIM sample, the policy's best single guess (PSNR rewards the mean).
-        sr = policy.sample(lr, eta=0.0, generator=torch.Generator(dev).manual_seed(seed))
-        bicubic = psnr_y(data.upsample(lr), h)
-        out[name] = {"policy": float(psnr_y(sr, h).mean()), "bicubic": float(bicubic.mean())}
-    return out
 
 
 def train_sft(cfg, pool, dev, log, st=None):
@@ -115,7 +93,7 @@ def train_sft(cfg, pool, dev, log, st=None):
     nan.done()  # the last steps non-finite: a failed run (exit non-zero), nothing saved
     policy.eval()
     if main_rank:  # rank 0 checks, saves and reports; the others wait for the file, then go on to RL
-        t = psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)  # non-finite images: never saved
+        t = validation.psnr_table(policy, cfg.data, cfg.crop, seed=cfg.seed)  # non-finite images: never saved
         if not all(math.isfinite(v["policy"]) for v in t.values()):
             raise SystemExit("error: the SFT policy gives non-finite images; not saved. Lower --sft_lr")
         save_policy(policy, path)

@@ -23,11 +23,9 @@ Writes out_dir/rm_stage{k}/ for every k, metrics.jsonl (phase "rm"), config.json
 """
 
 import copy
-import functools
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -40,8 +38,9 @@ import images
 import rm
 import rundir
 import scale
-from curriculum import rm_difficulty, val_difficulty
-from metrics import format_members, format_table, label_map, validate
+import validation
+from curriculum import rm_difficulty
+from metrics import format_members, format_table, validate
 
 
 @dataclass
@@ -135,7 +134,7 @@ def main(cfg: Config) -> str:
     base = load_base(cfg, dev)  # S_base: the frozen base, L_align's anchor (method §3); None: trained here
     pool = images.load_pool(cfg.data, "train", cfg.crop)
     pool.augment = cfg.augment  # the RM's crops only: SFT and RL draw theirs from pools of their own
-    v = make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
+    v = validation.make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
     hooks, bank = policy_samples(cfg, pool, v, dev) if cfg.policy else (None, None)
     st = rundir.resume_state(cfg)
     start_stage, start_step = (int(st["stage"]), int(st["step"])) if st else (0, 0)
@@ -224,7 +223,8 @@ def finish_stage(cfg, model, v, stage: int, n_steps: int, rows: list, log, t0: f
     name = data.member_name if stage == cfg.n_stages else None
     r = {"stage": stage, **validate(model, v, member_name=name)}
     members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
-    extra = {"trained_steps": n_steps, "crop": cfg.crop, "made_by": provenance(model, r, t0, commit)}
+    made_by = validation.provenance(model, r, t0, commit)  # command, commit, time, held-out numbers
+    extra = {"trained_steps": n_steps, "crop": cfg.crop, "made_by": made_by}
     rm.save_rm(model, os.path.join(cfg.out_dir, f"rm_stage{stage}"), extra)
     rows.append(r)
     row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
@@ -294,23 +294,6 @@ def load_base(cfg, dev):
         raise config.ConfigError(f"--base={cfg.base} is {got}; this run wants an RM_0 with widths {want[0]},"
                                  f" n_stages {want[1]}: pass matching --widths or --base=none")  # fmt: skip
     return base
-
-
-def provenance(model, row: dict, t0: float, commit: str) -> dict:
-    """What every RM stage's rm.json records: the command and commit that made it, the run's wall time so far,
-    its held-out numbers, its scores on a fixed small set (base_check_set: tests/test_base.py checks them)."""
-    with torch.no_grad():
-        scores = model(base_check_set().to(next(model.parameters()).device))[0]
-    return {"command": " ".join(["python", *sys.argv]), "commit": commit, "heldout": row,
-            "wall_s": round(time.time() - t0, 1), "threads": torch.get_num_threads(),
-            "check_scores": [round(float(x), 6) for x in scores]}  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1)
-def base_check_set() -> torch.Tensor:
-    """8 fixed held-out images (4 triplets' I_GT and I_SR, 64 px): each stage records its scores of them."""
-    v = make_val_set("builtin", 4, 64, 0)
-    return torch.cat([v["gt"], v["sr"]])
 
 
 def losses(net, batch, base, bank, stage: int, cfg, area: float, g):
@@ -400,24 +383,6 @@ def policy_bank(pols: list, pool, n: int, G: int, crop: int, g):
         for i in range(len(pols))
     ]
     return {k: torch.cat([p[k] for p in parts]) if k != "G" else G for k in parts[0]}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Validation: the per-stage table (also used by evaluate.py's reward-model table)
-
-
-def make_val_set(cfg_data: str, n: int, crop: int, seed: int) -> dict:
-    """The fixed held-out set: FGR triplets at the curriculum's middle difficulty from held-out photos, their
-    clean bicubic ×4 upsamples, and clean images with one small (≤ 5 % area) artifact pasted in."""
-    g = config.generator("rm/val", seed)  # its own stream: independent of the training draws
-    # The same set for every stage (the middle difficulty, not any stage's own), so the table's rows compare.
-    pool = images.heldout_pool(cfg_data, crop)
-    v = data.fgr_batch(pool, n, crop, val_difficulty(), g)
-    v["bicubic"] = data.upsample(data.degrade(v["gt"], 0.0))  # the classical protocol's LR, ×4 back up
-    small = data.random_masks(n, crop, 0.03, g)  # ~3 % of the area, jittered ≤ 4.5 %
-    v["small"] = small * v["sr"] + (1 - small) * v["gt"]  # one small artifact in a clean image
-    v["dmap_small"] = label_map(v["small"], v["gt"])
-    return v
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import config
 import train_rm
+import validation
 from rm import load_rm
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "rm_base")
@@ -25,7 +26,7 @@ def test_shipped_base_scores_as_recorded(k):
     stage = load_rm(os.path.join(SHIPPED, f"rm_stage{k}"))  # today's FinPercepRM from safetensors + rm.json
     assert stage.stage == k and stage.cfg.widths == train_rm.Config().widths  # what a default run starts from
     with torch.no_grad():
-        scores = stage(train_rm.base_check_set())[0]
+        scores = stage(validation.base_check_set())[0]
     assert scores.tolist() == pytest.approx(
         made_by(os.path.join(SHIPPED, f"rm_stage{k}"))["check_scores"], abs=1e-5
     )
@@ -46,7 +47,7 @@ def test_pretrain_command_runs_and_records_provenance(pretrained):
         assert {"command", "commit", "wall_s", "heldout", "check_scores"} <= set(meta)
         assert meta["heldout"]["stage"] == k and len(meta["check_scores"]) == 8
     with torch.no_grad():  # the recorded scores are the saved model's
-        got = load_rm(os.path.join(pretrained, "rm_stage3"))(train_rm.base_check_set())[0].tolist()
+        got = load_rm(os.path.join(pretrained, "rm_stage3"))(validation.base_check_set())[0].tolist()
     assert got == pytest.approx(meta["check_scores"], abs=1e-6)
 
 

@@ -19,7 +19,7 @@ import config
 import evaluate
 import images
 import report
-import sft
+import validation
 from policy import PolicyConfig, make_policy, save_policy
 from rm import FinPercepRM, RMConfig, save_rm
 
@@ -157,7 +157,9 @@ def eval_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval"))
     with pytest.MonkeyPatch.context() as mp:  # SLIC superpixels of the photos once, not once per run
         mp.setattr(images, "load_pool", functools.lru_cache(None)(images.load_pool))
-        mp.setattr(sft, "psnr_table", lambda *a, **k: {})  # SFT's own printout: tested in test_rl, slow here
+        mp.setattr(
+            validation, "psnr_table", lambda *a, **k: {}
+        )  # SFT's printout: tested in test_rl, slow here
         assert evaluate.main(evaluate.Config(out_dir=out, **TINY)) == out
     return out
 
