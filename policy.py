@@ -7,18 +7,14 @@
     logprob = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr)  # PPO ratios, with grad
     sr = load_policy("out/rl/policy_final").upscale(lr)     # the design contract: (B,3,h,w) -> (B,3,4h,4w)
 
-What it is: a diffusers `UNet2DModel` + `DDIMScheduler`, conditioned on the bicubic-upsampled LR image
-(concatenated as 3 extra input channels), denoising the *residual* x0 = (HR - up(LR)) * residual_scale.
-Why it is a policy (docs/method.md §4 [ours], DDPO): DDIM with eta > 0 draws every step from a Gaussian,
-    x_{t_prev} ~ N(mean_theta(x_t, t, LR), std_t^2 I),
-so a whole sampling run is a K-step trajectory of Gaussian actions with exact per-step log-probs. The
-mean comes from `scheduler.step` itself (no hand-copied DDIM) and std_t = eta * sqrt(scheduler variance),
-so the sampler, the stored log-probs and the recomputed (PPO) log-probs all use one function.
-Log-probs are kept PER PIXEL (K, B, 3, H, W): the RL loop can weight each pixel by a local advantage
-from the reward model's degradation map (B, 1, H, W broadcasts over channels), docs/method.md §4.
-Where x lives is the policy's *space*: PixelSpace below (the scaled residual over bicubic), or a pretrained
-model's latent space (ldm.LatentSpace: an LDMSuperResolutionPipeline's VQ autoencoder). A space says how LR
-conditions the UNet and how x0 maps to and from images; the sampler and the log-probs are the same code.
+A diffusers `UNet2DModel` + `DDIMScheduler` that denoises the *residual* x0 = (HR − up(LR)) · residual_scale,
+with the bicubic-upsampled LR as 3 extra input channels. Why it is a policy (docs/method.md §4, DDPO): DDIM
+with eta > 0 draws every step from a Gaussian, x_{t_prev} ~ N(mean_θ(x_t, t, LR), std_t² I), so a sampling run
+is a K-step trajectory of Gaussian actions with exact log-probs. The mean is `scheduler.step` itself and
+std_t = eta · sqrt(scheduler variance): sampler, stored and recomputed (PPO) log-probs share one function.
+Log-probs are kept PER PIXEL (K, B, 3, H, W), so RL can weight each pixel by a local advantage from the
+reward model's degradation map. Where x lives is the policy's *space*: PixelSpace below, or a pretrained
+model's latent space (ldm.LatentSpace); the sampler and the log-probs do not change with it.
 """
 
 import dataclasses
@@ -67,12 +63,9 @@ class Trajectory:
 
 
 def estimate_residual_scale(lr: torch.Tensor, hr: torch.Tensor) -> float:
-    """1 / std of the residual HR - up(LR), computed once from data by the caller and stored in policy.json.
-
-    Why: the residual of natural images has std ~0.05, while the diffusion noise has std 1. Unscaled, the
-    signal-to-noise ratio at t=249 is ~0.003, the net can only regress the mean, and the sampler degenerates
-    into "regressor + white noise". Scaled to unit variance, the noise schedule means what it was made for.
-    """
+    """1 / std of the residual HR − up(LR), computed once from data and stored in policy.json. Why: the
+    residual has std ~0.05 against the noise's 1; unscaled, the sampler degenerates into "regressor + white
+    noise". Scaled to unit variance, the noise schedule means what it was made for."""
     std = (hr - upsample(lr, clamp=False)).float().std()
     return float(1.0 / std.clamp_min(1e-4))  # one sync, once per run; clamp guards a flat dataset
 
@@ -178,22 +171,15 @@ class Policy(nn.Module):
         return steps, eta
 
     def step_stats(self, x_t, t, lr, steps=None, eta=None):
-        """(mean, std) of one policy step, WITH gradients: mean (B, C, H, W), std a float.
-
-        Exposed for a KL-on-means regulariser (Flow-GRPO) and for step_logprob. `t` is an int or a 0-d
-        CPU tensor (Trajectory.t[k]); all samples in the batch share it, as in one PPO trajectory index.
-        """
+        """(mean, std) of one policy step, WITH gradients (the PPO recompute, the KL on means). `t`: an int
+        or a 0-d CPU tensor (Trajectory.t[k]), shared by the batch, as one trajectory index is."""
         steps, eta = self._defaults(steps, eta)
         mean, std, _ = self._stats(x_t, int(t), self.space.condition(lr), eta)
         return mean, std
 
     def step_logprob(self, x_t, x_prev, t, lr, steps=None, eta=None) -> torch.Tensor:
-        """log p_theta(x_prev | x_t, LR) per pixel, (B, C, H, W), WITH gradients: the PPO ratio's numerator.
-
-        Call it once per trajectory index k (a loop over K steps, never over samples) with the stored
-        traj.x[k], traj.x[k+1], traj.t[k], traj.steps, traj.eta; under unchanged weights it reproduces
-        traj.logprob[k] (same code path as sample()).
-        """
+        """log p_θ(x_prev | x_t, LR) per pixel (B, C, H, W), WITH gradients: the PPO ratio's numerator. With
+        a trajectory's stored x[k], x[k+1], t[k], steps, eta and unchanged weights: its logprob[k]."""
         mean, std = self.step_stats(x_t, t, lr, steps, eta)
         if std <= 0:
             raise ValueError("log-probs need eta > 0: with eta = 0 DDIM is deterministic and has no density")
@@ -244,11 +230,8 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def sample(self, lr, steps=None, eta=None, generator=None, return_traj=False):
-        """Run the K-step sampler. Returns sr (B, 3, 4h, 4w) in [0, 1], or (sr, Trajectory) if return_traj.
-
-        No gradients here (rollouts are data); PPO recomputes log-probs with step_logprob. The noise comes
-        from `generator` (None = the global RNG), so one generator seed gives one sample, reproducibly.
-        """
+        """The K-step sampler: sr (B, 3, 4h, 4w) in [0, 1], or (sr, Trajectory) if return_traj. No gradients
+        (rollouts are data; PPO recomputes log-probs); the noise comes from `generator` (None: global RNG)."""
         self._check_shape(lr)
         steps, eta = self._defaults(steps, eta)
         if return_traj and eta == 0:
@@ -271,11 +254,8 @@ class Policy(nn.Module):
         return sr, Trajectory(torch.stack(xs), t, torch.stack(logprobs), steps, eta, tuple(stds))
 
     def refl_sample(self, lr, steps=None, stop_index=None, eta=None, generator=None) -> torch.Tensor:
-        """ReFL (docs/method.md §4): sample WITHOUT grad to step `stop_index`, then one step WITH grad; return
-        that step's predicted x0 decoded to an SR image (B, 3, 4h, 4w), differentiable w.r.t. the UNet.
-
-        ImageReward's recipe is 40 steps with stop_index drawn from 30..39; default: the last step.
-        """
+        """ReFL (docs/method.md §4): sample WITHOUT grad to step `stop_index` (default: the last), then one
+        step WITH grad; its predicted x0 decoded to an SR image (B, 3, 4h, 4w), differentiable in the UNet."""
         self._check_shape(lr)
         steps, eta = self._defaults(steps, eta)
         stop_index = steps - 1 if stop_index is None else int(stop_index)
@@ -293,10 +273,8 @@ class Policy(nn.Module):
         return self.space.decode(x0_pred, lr)
 
     def upscale(self, lr, steps=None, eta=None, generator=None) -> torch.Tensor:
-        """The design contract: lr (B, 3, h, w) in [0, 1] -> sr (B, 3, 4h, 4w) in [0, 1], on lr's device.
-
-        Validates the input first (one-line ValueError naming the fix) and moves the policy to lr's device.
-        """
+        """The contract: lr (B, 3, h, w) in [0, 1] -> sr (B, 3, 4h, 4w) in [0, 1], on lr's device (the policy
+        moves there). Bad input is a one-line ValueError naming the fix."""
         self._check_shape(lr)
         if not torch.isfinite(lr).all():  # one host sync per call; this is not a training loop
             raise ValueError("lr contains NaN or Inf values; check the image loading / preprocessing")
@@ -309,12 +287,8 @@ class Policy(nn.Module):
     # The supervised loss: warm start, and ReFL's regulariser (docs/method.md §4).
 
     def sft_loss(self, hr, lr, generator=None) -> torch.Tensor:
-        """Denoising loss at random timesteps: ||f_theta(x_t, t, LR) - x0||^2 on the scaled residual.
-
-        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM eq. 4). Done by hand instead of
-        scheduler.add_noise, which moves the scheduler's tables to the GPU and would then make every
-        sampling step sync when it reads the variance.
-        """
+        """Denoising loss at random timesteps, ‖f_θ(x_t, t, LR) − target‖² with x_t = sqrt(ᾱ_t) x0 +
+        sqrt(1 − ᾱ_t) ε (DDPM eq. 4; by hand: scheduler.add_noise would move its tables to the GPU)."""
         self._check_shape(lr)
         x0 = self.space.encode(hr, lr)
         b = x0.shape[0]

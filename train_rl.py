@@ -126,9 +126,8 @@ class Config:
 
 LAM_SFT = {"pg": 0.0, "refl": 3.0}  # each algorithm's own λ_sft (Config.lam_sft says why)
 
-# GPU presets (docs/scaling.md): bf16 autocast, channels_last, TF32. gpu: sized for evaluate.py
-# --preset=gpu to run in minutes on one H200 (pending a measurement); gpu_full: 256² HR (LR 64), a 66M UNet,
-# B·G = 64 with the recompute in chunks of 16 (the whole 64 at once ran out of memory on an H200).
+# GPU presets (docs/scaling.md): bf16 autocast, channels_last, TF32. gpu: evaluate --preset=gpu in minutes;
+# gpu_full: 256² HR, a 66M UNet, B·G = 64 with the recompute in chunks of 16 (64 at once: out of memory).
 FAST = {"amp": "bf16", "channels_last": True, "tf32": True}
 PRESETS = {
     "cpu": {},
@@ -152,21 +151,17 @@ def group_advantages(r: torch.Tensor, G: int, clip: float) -> torch.Tensor:
 
 
 def local_penalty(M: torch.Tensor, G: int) -> torch.Tensor:
-    """D_i(p) = −(M_i(p) − mean_j M_j(p)) / (pixel-mean of std_j M_j(p) + ε) (B·G, 1, H, W): −group_deviation.
-
-    A pixel that is more degraded than in the group's other samples gets a negative local advantage; the
-    normaliser is one number per group, so D keeps the map's spatial contrast (a per-pixel std would blow up
-    where the group agrees)."""
+    """D_i(p) = −(M_i(p) − mean_j M_j(p)) / (pixel-mean of std_j M_j(p) + ε), (B·G, 1, H, W): a pixel more
+    degraded than in the group's other samples gets a negative local advantage. One normaliser per group keeps
+    the map's spatial contrast (a per-pixel std would blow up where the group agrees)."""
     return -group_deviation(M, G)
 
 
 def pixel_advantages(r, M, w_map, G, lam_px, clip, size):
-    """A_i(p) = clip(A_i + λ_px · w_map · D_i(p)); without a map (stage 0) just A_i broadcast, (B·G, 1, H, W).
-
-    w_map is the curriculum weight of the stages that have a map (1 once the curriculum is at a map-giving
-    stage, 0.1 one step into the blend from RM_0): D is normalised per group, so without w_map a map blended
-    in at weight 0.1 would act at full strength. `size` is the log-prob's: the image size in pixel space; in
-    latent space (an LDM policy) 1/4 of it, where the map is averaged over each latent pixel's 4×4 patch."""
+    """A_i(p) = clip(A_i + λ_px · w_map · D_i(p)); without a map (stage 0) A_i broadcast, (B·G, 1, H, W).
+    w_map is the curriculum weight of the map-giving stages (D is normalised per group: without w_map a map
+    blended in at 0.1 would act at full strength). `size`: the log-prob's (a latent policy's: 1/4 of the
+    image's, where the map is averaged over each latent pixel's 4×4 patch)."""
     A = group_advantages(r, G, clip).view(-1, 1, 1, 1)
     if M is None or lam_px == 0 or w_map == 0:
         return A.expand(-1, 1, *size)
@@ -396,12 +391,9 @@ def log_row(step, stage, weights, stats, share, cfg, main_rank) -> dict:
     if share:
         total = sum(n for n, _ in share)
         row.update(grad_share=[n / total for n, _ in share], step_std=[sd for _, sd in share])
-        if main_rank:
-            cells = [f"{n / total:.3f} ({sd:.2f}{'*' if sd < cfg.sigma_min else ''})" for n, sd in share]
-            print(
-                "gradient-norm share per DDIM step (its σ; * = below the floor, never trained): "
-                + "  ".join(cells)
-            )
+        cells = [f"{n / total:.3f} ({sd:.2f}{'*' if sd < cfg.sigma_min else ''})" for n, sd in share]
+        msg = "gradient-norm share per DDIM step (its σ; * = below the floor, never trained): "
+        print(msg + "  ".join(cells)) if main_rank else None
     return row
 
 
