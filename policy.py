@@ -185,18 +185,6 @@ class Policy(nn.Module):
             raise ValueError("log-probs need eta > 0: with eta = 0 DDIM is deterministic and has no density")
         return self.gaussian_logprob(x_prev, mean, std)
 
-    def step_grad_norms(self, traj: Trajectory, lr: torch.Tensor, adv: torch.Tensor) -> list:
-        """‖∇ of each step's surrogate −mean(A·logp_k)‖ for every k of a trajectory of these samples (lr, adv
-        per sample), trained or not; autograd.grad leaves .grad untouched. RL logs it once per run
-        (grad_share): the σ floor's effect, visible."""
-        params = [p for p in self.unet.parameters() if p.requires_grad]
-        norms, n = [], len(lr)
-        for k in range(traj.logprob.shape[0]):
-            logp = self.step_logprob(traj.x[k][:n], traj.x[k + 1][:n], traj.t[k], lr, traj.steps, traj.eta)
-            grads = torch.autograd.grad(-(adv * logp).mean(), params)
-            norms.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
-        return norms
-
     # ------------------------------------------------------------------------------------------------
     # Sampling: the rollout (DDPO's "sample" phase), batched over B, a loop over the K steps only.
 

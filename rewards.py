@@ -24,7 +24,7 @@ import torch
 
 import config
 import scale
-from metrics import label_map, lr_consistency, psnr_y
+from metrics import label_map, lr_consistency
 from rm import reward
 
 SOURCES = ("rm", "gold", "placebo")
@@ -99,24 +99,3 @@ def reward_and_map(source, weights, sr, hr_g, lr_g, step: int, cfg):
     w_map = sum(w for _, w in with_map)  # the curriculum weight of the map-giving stages
     M = sum(w * maps[s] for s, w in with_map) / w_map if with_map else None  # their blended map
     return r, M, w_map, rewards
-
-
-@torch.no_grad()
-def judges(rms, sr, hr) -> dict:
-    """A step's samples through the judges: RM_N's score (reward_final, comparable across the run and across
-    reward sources), RM_0's (reward0: the global arm's proxy, judged alike in every arm), the gold judge
-    (label map vs HR, lower = better) and PSNR-Y. 0-dim tensors."""
-    return {
-        "reward_final": rms[-1](sr)[0].mean(),
-        "reward0": rms[0](sr)[0].mean(),
-        "gold": label_map(sr, hr).mean(),
-        "psnr": psnr_y(sr, hr).mean(),
-    }
-
-
-def flat_groups(r: torch.Tensor, M, G: int) -> torch.Tensor:
-    """Groups whose rewards (and maps) are all equal have advantage 0 and teach nothing: their count."""
-    flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
-    if M is not None:
-        flat &= M.view(-1, G, M[0].numel()).std(1, unbiased=False).amax(1) < 1e-8
-    return flat.sum().float()

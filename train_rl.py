@@ -32,10 +32,11 @@ import images
 import rundir
 import scale
 import sft
+import validation
 from curriculum import CoEvolution, Schedule
 from metrics import lr_consistency
 from policy import load_policy, save_policy
-from rewards import flat_groups, judges, make_source, reward_and_map
+from rewards import make_source, reward_and_map
 from rm import group_deviation, load_stages, save_rm
 
 
@@ -252,7 +253,7 @@ def main(cfg: Config) -> str:
             sr, hr_g, loss, stats, share = update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt)
             #### STEP: clip the gradient, judge the samples, and — if everything is finite — step
             gnorm = torch.nn.utils.clip_grad_norm_(policy.unet.parameters(), cfg.grad_clip)
-            stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **judges(rms, sr, hr_g)}
+            stats = {**stats, "loss": loss.detach(), "grad_norm": gnorm, **validation.judges(rms, sr, hr_g)}
             stats = scale.mean_over_ranks(stats)  # one all-reduce: every rank takes the same decisions
             # The host sync of the step: is it finite? The cause named when not: the reward, or the step size.
             finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(stats["grad_norm"]))
@@ -321,11 +322,11 @@ def pg_update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt):
         loss = loss + pass_loss / cfg.ppo_epochs
     clip_frac = ((rho - 1).abs() > cfg.ppo_clip).float().mean()  # binds after the first epoch only
     stats = {"reward": r.mean(), "reward_std": r.std(), "approx_kl": 0.5 * (log_ratio**2).mean(),
-             "clip_frac": clip_frac, "flat_groups": flat_groups(r, M, G),
+             "clip_frac": clip_frac, "flat_groups": validation.flat_groups(r, M, G),
              **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards}}  # fmt: skip
     # Once per run: each DDIM step's share of the gradient norm, with its σ (what the σ floor leaves out).
-    share = list(zip(policy.step_grad_norms(traj, lr_g[:G], adv[:G]), traj.std)) if step == 0 else None
-    return sr, hr_g, loss, stats, share
+    norms = validation.step_grad_norms(policy, traj, lr_g[:G], adv[:G]) if step == 0 else None
+    return sr, hr_g, loss, stats, norms and list(zip(norms, traj.std))
 
 
 def refl_update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt):

@@ -70,3 +70,41 @@ def psnr_table(policy, data_name: str, crop: int, n: int = 24, seed: int = 0) ->
         bicubic = psnr_y(data.upsample(lr), h)
         out[name] = {"policy": float(psnr_y(sr, h).mean()), "bicubic": float(bicubic.mean())}
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# During RL: what each step logs beside the reward it optimised (train_rl.py), so hacking shows as it happens.
+
+
+@torch.no_grad()
+def judges(rms, sr, hr) -> dict:
+    """A step's samples through the judges: RM_N's score (reward_final, comparable across the run and across
+    reward sources), RM_0's (reward0: the global arm's proxy, judged alike in every arm), the gold judge
+    (label map vs HR, lower = better) and PSNR-Y. 0-dim tensors."""
+    return {
+        "reward_final": rms[-1](sr)[0].mean(),
+        "reward0": rms[0](sr)[0].mean(),
+        "gold": label_map(sr, hr).mean(),
+        "psnr": psnr_y(sr, hr).mean(),
+    }
+
+
+def flat_groups(r: torch.Tensor, M, G: int) -> torch.Tensor:
+    """Groups whose rewards (and maps) are all equal have advantage 0 and teach nothing: their count."""
+    flat = r.view(-1, G).std(1, unbiased=False) < 1e-8
+    if M is not None:
+        flat &= M.view(-1, G, M[0].numel()).std(1, unbiased=False).amax(1) < 1e-8
+    return flat.sum().float()
+
+
+def step_grad_norms(policy, traj, lr: torch.Tensor, adv: torch.Tensor) -> list:
+    """‖∇ of each step's surrogate −mean(A·logp_k)‖ for every k of a trajectory of these samples (lr, adv per
+    sample), trained or not; autograd.grad leaves .grad untouched. RL logs it once per run (grad_share): the
+    σ floor's effect, visible."""
+    params = [p for p in policy.unet.parameters() if p.requires_grad]
+    norms, n = [], len(lr)
+    for k in range(traj.logprob.shape[0]):
+        logp = policy.step_logprob(traj.x[k][:n], traj.x[k + 1][:n], traj.t[k], lr, traj.steps, traj.eta)
+        grads = torch.autograd.grad(-(adv * logp).mean(), params)
+        norms.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
+    return norms

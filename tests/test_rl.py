@@ -12,6 +12,7 @@ import torch
 import rewards
 import train_rl
 import train_rm
+import validation
 from metrics import label_map
 from policy import PolicyConfig, load_policy, make_policy
 from rm import FinPercepRM, RMConfig, freeze, load_rm
@@ -286,7 +287,7 @@ def test_equal_rewards_and_maps_give_zero_gradient(tiny):
     adv = train_rl.pixel_advantages(r, M, 1.0, 2, cfg.lam_px, cfg.adv_clip, traj.logprob.shape[-2:])
     policy.zero_grad()
     train_rl.ppo_pass(policy, None, traj, lr_g, hr, lr, adv, ks, cfg, math.inf)
-    assert rewards.flat_groups(r, M, 2) == 1 and grads(policy).abs().max() == 0
+    assert validation.flat_groups(r, M, 2) == 1 and grads(policy).abs().max() == 0
 
 
 def test_batched_gradient_equals_per_sample(tiny):
