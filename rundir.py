@@ -1,5 +1,5 @@
 """A run's directory: config.json, metrics.jsonl, state.pt and checkpoints — written atomically, read back
-with one-line errors, and never lost to a later run that fails (design.md's contracts on files).
+with one-line errors, and never lost to a later run that fails.
 
     log = open_log(cfg, "train_rl", keep)     # after the run's inputs validated: a failing run wipes nothing
     st = resume_state(cfg)                    # --resume: state.pt, or a line saying the run starts fresh
@@ -32,7 +32,7 @@ def write_json(path: str, obj) -> None:
 
 
 def save_config(cfg, out_dir: str, script: str | None = None) -> None:
-    """config.json: the exact knobs a run used (design.md), so it can be reproduced or compared, and which
+    """config.json: the exact knobs a run used, so it can be reproduced or compared, and which
     script made it ("_script"), so a run of another script is never overwritten by mistake."""
     os.makedirs(out_dir, exist_ok=True)
     extra = {"_script": script} if script else {}

@@ -84,7 +84,7 @@ def data_panel(ax):
     lr = box(ax, 8.2, 11.3, 1.9, 1.5, "LR", DATA)
     arrow(ax, hr["r"], deg["l"])
     arrow(ax, deg["r"], lr["l"])
-    # The SR zoo stands in for "several diffusion SR models" (method.md §2); its upsamplers read the LR.
+    # The SR zoo stands in for "several diffusion SR models" (docs/method.md §2); its upsamplers read the LR.
     zoo = box(ax, 4.2, 8.5, 5.9, 2.0, TEXT["zoo"], DATA, size=11)
     down(ax, lr["b"], zoo["t"])
     # SLIC superpixels (the SAM stand-in) are cut from the HR crop itself, hence HR → mask.

@@ -1,4 +1,4 @@
-"""config.py: the --key=value CLI contract of design.md."""
+"""config.py: the --key=value CLI contract (README: every script takes --key=value flags)."""
 
 from dataclasses import dataclass
 

@@ -1,5 +1,5 @@
 """torchrun DDP: train_rm.py and train_rl.py (SFT + policy-gradient RL) run unchanged on 2 CPU processes
-(gloo). The suite's one subprocess test (design.md): torchrun must launch real separate processes."""
+(gloo). The suite's one torchrun test: it must launch real separate processes."""
 
 import json
 import os
