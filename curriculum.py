@@ -1,13 +1,12 @@
-"""Co-evolutionary Curriculum Learning (CCL, method.md §5): the one place its schedules live.
+"""The paper's Co-evolutionary Curriculum Learning (CCL, docs/method.md §5): the one place its schedules live,
+plus our online refresh of the RM during RL (--coevolve, CoEvolution below; not part of CCL).
 
-Reward side (used by train_rm.py): the data difficulty of each reward-model stage RM_0 … RM_N. Early stages
-see large, strong artifacts (a coarse, easy notion of "bad"); later stages see small, subtle ones, because
-their finer maps can resolve them.
+Reward side (train_rm.py): the data difficulty of each RM stage RM_0 … RM_N. Early stages see large, strong
+artifacts (a coarse notion of "bad"); later stages small, subtle ones, which their finer maps can resolve.
 
     from curriculum import rm_difficulty
     rm_difficulty(0, 3)   # Difficulty(area=0.35, artifact=1.0, degrade=0.5)
-    rm_difficulty(3, 3)   # Difficulty(area=0.08, artifact=0.5, degrade=0.5)
-"""
+    rm_difficulty(3, 3)   # Difficulty(area=0.08, artifact=0.5, degrade=0.5)"""
 
 import copy
 
@@ -26,9 +25,8 @@ AREA = (0.35, 0.08)  # mean mask area, first stage → last stage
 ARTIFACT = (1.0, 0.5)  # zoo artifact strength, first stage → last stage
 DEGRADE = 0.5  # LR degradation range is the same for all stages: it is not what the stages differ in
 
-
-# The reward models' validation set uses one fixed difficulty, the middle of the curriculum, so every stage
-# is scored on the same data: neither RM_0's easy triplets nor RM_N's hardest ones.
+# The validation set uses one fixed difficulty, the middle of the curriculum: every stage is scored on the
+# same data, neither RM_0's easy triplets nor RM_N's hardest.
 VAL_AREA, VAL_ARTIFACT = (AREA[0] + AREA[1]) / 2, (ARTIFACT[0] + ARTIFACT[1]) / 2
 
 
@@ -47,59 +45,42 @@ def rm_difficulty(stage: int, n_stages: int) -> Difficulty:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Policy side (used by train_rl.py): which reward-model stage(s) give the reward at RL step i.
-#
+# Policy side (train_rl.py): which RM stage(s) give the reward at RL step i.
 #   sched = Schedule(mode="ccl", n_stages=3, total=200)
 #   sched.at(step)            # [(stage, weight), ...], weights sum to 1: e.g. [(0, 0.5), (1, 0.5)] mid-blend
-#
-# Modes (the paper's ablation, method.md §5): "ccl" RM_0 first, then stage by stage to RM_N; "none" RM_N from
-# step 0 (fine-grained reward without curriculum); "global" RM_0 throughout (the global-IQA baseline).
-# Switching [ours]: "fixed" at fractions of the run (stage 0 gets the largest share: the global reward is
-# cheap to climb and sets a stable start), or "plateau" when the reward's moving average stops rising.
-# Either way the reward then moves to the next stage by a linear blend over `blend` steps, so the reward
-# the policy optimises never jumps.
+# Modes (the paper's ablation, docs/method.md §5): "ccl" RM_0 first, then stage by stage to RM_N; "none" RM_N
+# from step 0 (no curriculum); "global" RM_0 throughout (the global-IQA baseline). Switching [ours]: "fixed"
+# at shares of the run, RM_0 twice any later stage (40 % of the run at N = 3: the global reward is cheap to
+# climb and sets a stable start), or "plateau" when the reward's moving average stops rising. Either way a
+# linear blend over `blend` steps moves to the next stage, so the reward the policy optimises never jumps.
 
 
 class Schedule:
-    def __init__(
-        self,
-        mode="ccl",
-        n_stages=3,
-        total=100,
-        fractions=None,
-        blend=10,
-        switch="fixed",
-        window=10,
-        tol=0.002,
-        min_steps=20,
-    ):
+    def __init__(self, mode="ccl", n_stages=3, total=100, fractions=None, blend=10, switch="fixed",
+                 window=10, tol=0.002, min_steps=20):  # fmt: skip
         if mode not in ("ccl", "none", "global"):
             raise ValueError(f"curriculum mode '{mode}' unknown; use ccl, none or global")
         if switch not in ("fixed", "plateau"):
             raise ValueError(f"switch '{switch}' unknown; use fixed or plateau")
         self.mode, self.N, self.total, self.blend, self.switch = mode, n_stages, total, blend, switch
         self.window, self.tol, self.min_steps = window, tol, min_steps  # plateau rule's knobs
-        # Default shares: stage 0 twice any later stage, e.g. N = 3 → 0.4, 0.2, 0.2, 0.2.
-        f = fractions or [2.0] + [1.0] * n_stages
+        f = fractions or [2.0] + [1.0] * n_stages  # default: N = 3 → 0.4, 0.2, 0.2, 0.2 of the run
         if len(f) != n_stages + 1:
             raise ValueError(f"fractions needs {n_stages + 1} entries (one per stage), got {len(f)}")
         cum = [sum(f[: k + 1]) / sum(f) for k in range(n_stages)]
         # starts[k] = the step at which stage k begins (fixed mode); plateau mode fills them as it goes.
         self.starts = [0] + ([round(c * total) for c in cum] if switch == "fixed" else [])
-        # The blend never takes more than half of a stage, so every stage, RM_N included, gets steps at full
-        # weight: at 40 steps the later stages last 8 steps and a 10-step blend would never reach RM_N
-        # alone. (Plateau mode needs no cap: a stage lasts at least blend + 2·window steps there.)
+        # The blend takes at most half a stage, so every stage, RM_N included, gets steps at full weight (at
+        # 40 steps a later stage lasts 8). Plateau mode needs no cap: a stage lasts ≥ blend + 2·window steps.
         if switch == "fixed" and n_stages > 0:
             shortest = min(b - a for a, b in zip(self.starts, self.starts[1:] + [total]))
             self.blend = min(blend, shortest // 2)
         self.history = []  # recent mean rewards (plateau mode), saved with the run for --resume
 
     def stage_at(self, step: int) -> int:
-        """The stage the curriculum is in (or blending into) at `step`."""
-        if self.mode == "none":
-            return self.N
-        if self.mode == "global":
-            return 0
+        """The stage the curriculum is in (or blending into) at `step`: RM_N for "none", RM_0 for "global"."""
+        if self.mode != "ccl":
+            return self.N if self.mode == "none" else 0
         return max(k for k, s in enumerate(self.starts) if s <= step)
 
     def at(self, step: int) -> list:
@@ -112,18 +93,15 @@ class Schedule:
         return [(k, 1.0)] if a >= 1.0 else [(k - 1, 1.0 - a), (k, a)]
 
     def update(self, step: int, reward: float) -> bool:
-        """Plateau mode: record this step's mean reward; start the next stage at step + 1 when the moving
-        average over `window` steps rose by less than `tol` over the last window (after min_steps in the
-        stage and once any blend is over). Returns True when a switch was scheduled."""
+        """Plateau mode: record this step's mean reward; start the next stage at step + 1 (and return True)
+        when the `window`-step moving average rose by less than `tol` over the last window, after min_steps
+        in the stage and once any blend is over."""
         if self.mode != "ccl" or self.switch != "plateau" or len(self.starts) > self.N:
             return False
         self.history = (self.history + [float(reward)])[-2 * self.window :]
         k = self.stage_at(step)
-        in_stage = step - self.starts[k] + 1
-        if (
-            in_stage < max(self.min_steps, self.blend + 2 * self.window)
-            or len(self.history) < 2 * self.window
-        ):
+        too_soon = step - self.starts[k] + 1 < max(self.min_steps, self.blend + 2 * self.window)
+        if too_soon or len(self.history) < 2 * self.window:
             return False
         old = sum(self.history[: self.window]) / self.window
         new = sum(self.history[self.window :]) / self.window
@@ -141,15 +119,11 @@ class Schedule:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Co-evolution (method.md §5, [ours, beyond the paper]): the reward model keeps learning from the policy.
-#
-# A frozen RM is graded on the zoo it was trained on, but RL is judged on what the policy paints, and a
-# policy under RL soon paints things no zoo had (method.md "The RM must see what RL paints"). So every
-# `every` RL steps the active RM stage takes a few AdamW steps on the current rollout itself — the policy's
-# samples in groups of G of one LR, labelled by the label function against HR (possible in training, where
-# HR is known): FGR triplets built from them plus L_group, the within-group ranking the advantage needs —
-# mixed with zoo triplets so it does not forget what it knew (cf. Adv-GRPO, which updates the reward model
-# with the generator). It works on copies: the RMs under --rm_dir are only read.
+# The online refresh (--coevolve) [ours, beyond the paper; not CCL]: a frozen RM knows the zoo, but a policy
+# under RL soon paints things no zoo had (docs/method.md "The RM must see what RL paints"). So every
+# coevolve_every RL steps the RM stage in use takes a few AdamW steps on the rollout itself, labelled
+# against HR (known in training): FGR triplets of the policy's groups plus L_group, mixed with zoo triplets
+# so it keeps what it knew (cf. Adv-GRPO). It works on copies: the RMs under --rm_dir are only read.
 
 
 class CoEvolution:
@@ -166,10 +140,8 @@ class CoEvolution:
 
     def state_dict(self) -> dict:
         """For --resume: every live stage's weights and the optimisers made so far (tensors and numbers)."""
-        return {
-            **{f"rm{k}": r.state_dict() for k, r in enumerate(self.rms)},
-            **{f"rm_opt{k}": o.state_dict() for k, o in self.opts.items()},
-        }
+        st = {f"rm{k}": r.state_dict() for k, r in enumerate(self.rms)}
+        return st | {f"rm_opt{k}": o.state_dict() for k, o in self.opts.items()}
 
     def load_state_dict(self, st: dict) -> None:
         for k, r in enumerate(self.rms):
@@ -182,22 +154,20 @@ class CoEvolution:
         return self.cfg.coevolve_every > 0 and (step + 1) % self.cfg.coevolve_every == 0
 
     def refresh(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
-        """After RL step `step`: when due, rank 0 refreshes RM_stage on this rollout (no collectives inside)
-        and every rank then gets its weights. In place: whoever holds self.rms[stage] sees the new weights."""
+        """After RL step `step`, when due: rank 0 refreshes RM_stage on this rollout (no collectives inside),
+        then every rank gets its weights, in place: whoever holds self.rms[stage] sees them."""
         if self.due(step):
             if scale.is_main():
                 self.step(step, stage, sr, hr, G)
             scale.broadcast_module(self.rms[stage])
 
     def step(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
-        """Refresh RM_stage on the rollout of RL step `step`: sr (B·G, 3, H, W), each LR's G samples
-        adjacent, and hr matching."""
-        cfg = self.cfg
-        model = self.rms[stage].train().requires_grad_(True)
+        """Refresh RM_stage on RL step `step`'s rollout, labelled against HR: sr (B·G, 3, H, W), each LR's G
+        samples adjacent, hr matching."""
+        cfg, model = self.cfg, self.rms[stage].train().requires_grad_(True)
         opt = self._opt(stage)
         g = config.generator("rl/coevolve", cfg.seed, step)
-        groups = data.labelled_groups(sr, hr, G)  # the rollout, labelled against HR
-        diff = rm_difficulty(stage, len(self.rms) - 1)
+        groups, diff = data.labelled_groups(sr, hr, G), rm_difficulty(stage, len(self.rms) - 1)
         for _ in range(cfg.coevolve_steps):
             zoo = data.fgr_batch(self.pool, cfg.coevolve_zoo, hr.shape[-1], diff, g, device=self.dev)
             batch = data.merge(zoo, data.group_triplets(groups, len(sr) // G, diff.area, g))

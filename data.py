@@ -3,16 +3,14 @@ draws SFT and RL train on (images.py says where the images come from).
 
     lr = degrade(hr, strength=0.5, generator=g)          # (16, 3, 16, 16), Real-ESRGAN-style, ×4
     sr = sr_zoo(hr, strength, g)                          # SR-like images with typical SR-model failures
-    batch = fgr_batch(pool, 16, 64, difficulty, g)       # the FGR triplets of method.md §2
+    batch = fgr_batch(pool, 16, 64, difficulty, g)       # the FGR triplets of docs/method.md §2
     hr, lr = training_pairs(pool, 8, 48, 0.5, g)         # an SFT / RL batch: 30 % clean LR, the rest degraded
 
-FGR-30k (method.md §2) is built by running HR images through degradation and several SR models, then
-pasting SR regions into the HR image (I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT) and labelling the result
-with the label function of metrics.py. We build the same thing on the fly, offline [ours]: the "SR models"
-are classical upsamplers, procedural artifact makers that imitate diffusion-SR failures, and — when one
-exists — samples of this project's own diffusion policy (the `sr_models` hook); SAM masks are replaced by
-SLIC superpixels plus random brush strokes, ellipses and rectangles, feathered at the edges.
-"""
+FGR-30k (docs/method.md §2) runs HR images through degradation and several SR models, pastes SR regions into
+the HR image (I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT) and labels the result with metrics.label_map. We
+build the same on the fly, offline [ours]: the "SR models" are classical upsamplers, procedural makers of
+diffusion-SR failures and, when one exists, this project's own policy (the `sr_models` hook); SAM masks
+become SLIC superpixels, brush strokes, ellipses and rectangles, feathered at the edges."""
 
 import io
 from dataclasses import dataclass
@@ -54,28 +52,23 @@ def _blur_kernel(sigma_x: float, sigma_y: float, theta: float, k: int = 11) -> t
 
 
 def _degrade_one(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
-    """One image through blur → random resize → noise → JPEG, twice (the second stage milder), then the
-    final resize to 1/4. All random draws come from `g`, so the result is a pure function of the seed."""
+    """Blur → random resize → noise → JPEG, twice (the second milder), then ×1/4; every draw from `g`."""
     H, W = x.shape[-2:]
     r = lambda: float(torch.rand((), generator=g))  # noqa: E731
     for stage_s in (strength, 0.5 * strength):
         sx, sy = 0.2 + 2.8 * stage_s * r(), 0.2 + 2.8 * stage_s * r()
-        if r() < 0.5:
-            sy = sx  # half the kernels isotropic, as in Real-ESRGAN
+        sy = sx if r() < 0.5 else sy  # half the kernels isotropic, as in Real-ESRGAN
         ker = _blur_kernel(sx, sy, np.pi * r()).to(x)
         x = F.conv2d(F.pad(x[None], (5, 5, 5, 5), mode="reflect"), ker.expand(3, 1, 11, 11), groups=3)[0]
         f = 1 + stage_s * (r() - 0.5)  # random resize by up to ±50 % at full strength
-        h, w = max(8, round(x.shape[-2] * f)), max(8, round(x.shape[-1] * f))
-        x = _resize(x, h, w)
+        x = _resize(x, max(8, round(x.shape[-2] * f)), max(8, round(x.shape[-1] * f)))
         if r() < 0.5:  # Gaussian noise, colour or grey
             sig = 25 / 255 * stage_s * r()
-            n = torch.randn(x.shape if r() < 0.6 else (1, *x.shape[1:]), generator=g)
-            x = x + sig * n
+            x = x + sig * torch.randn(x.shape if r() < 0.6 else (1, *x.shape[1:]), generator=g)
         else:  # Poisson (shot) noise: variance grows with brightness
             peak = 10 ** (3.5 - 2.0 * stage_s * r())  # photons at white; fewer = noisier
             x = torch.poisson(x.clamp(0, 1) * peak, generator=g) / peak
-        q = int(95 - 65 * stage_s * r())  # JPEG quality 95 … 30
-        buf = io.BytesIO()
+        q, buf = int(95 - 65 * stage_s * r()), io.BytesIO()  # JPEG quality 95 … 30
         _pil(x).save(buf, format="JPEG", quality=q)
         x = _tensor(Image.open(buf))
     return _resize(x, H // SCALE, W // SCALE)
@@ -84,20 +77,14 @@ def _degrade_one(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.
 def degrade(
     hr: torch.Tensor, strength: float = 0.5, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """HR (B, 3, H, W) → LR (B, 3, H/4, W/4) in [0, 1], on the input device.
-
-    strength 0 is plain bicubic downsampling with antialiasing of the uint8 image (Pillow's BICUBIC), the
-    classical SR test protocol; strength 1 the full Real-ESRGAN-like ranges. Runs on the CPU (Pillow does the
-    resizes and JPEG), one image at a time: it is data preparation, not the training step."""
+    """HR (B, 3, H, W) → LR (B, 3, H/4, W/4) in [0, 1], on the input device. Strength 0: Pillow's antialiased
+    bicubic of the uint8 image, the classical SR protocol; 1: the full Real-ESRGAN-like ranges. On the CPU
+    (Pillow resizes and JPEG-codes), one image at a time: data preparation, not the training step."""
     if hr.shape[-1] % SCALE or hr.shape[-2] % SCALE:
         raise ValueError(f"degrade: HR size {tuple(hr.shape[-2:])} must be a multiple of {SCALE}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    x = hr.detach().float().cpu()
-    H, W = x.shape[-2:]
-    if strength <= 0:
-        out = [_resize(im, H // SCALE, W // SCALE) for im in x]
-    else:
-        out = [_degrade_one(im, strength, g) for im in x]
+    g, x = generator if generator is not None else torch.Generator().manual_seed(0), hr.detach().float().cpu()
+    h, w = x.shape[-2] // SCALE, x.shape[-1] // SCALE
+    out = [_resize(im, h, w) if strength <= 0 else _degrade_one(im, strength, g) for im in x]
     return torch.stack(out).to(hr.device)
 
 
@@ -109,14 +96,12 @@ def upsample(lr: torch.Tensor, mode: str = "bicubic", clamp: bool = True) -> tor
     return up.clamp(0, 1) if clamp else up
 
 
-# The SFT and RL batches (sft.py, train_rl.py): HR crops and their LR, degraded with a strength drawn per
-# batch from a range that includes 0 — clean bicubic LR, the classical protocol — so the policy serves both
-# classical and real-world LR.
 P_CLEAN = 0.3  # share of SFT/RL batches with exactly clean bicubic LR (strength 0)
 
 
 def draw_strength(degrade_max: float, g: torch.Generator) -> float:
-    """LR degradation strength of one batch: 0 with probability P_CLEAN, else uniform in (0, degrade_max]."""
+    """LR degradation strength of one SFT/RL batch: 0 (clean bicubic LR) with probability P_CLEAN, else
+    uniform in (0, degrade_max], so the policy serves both classical and real-world LR."""
     u, v = torch.rand(2, generator=g).tolist()
     return 0.0 if u < P_CLEAN else v * degrade_max
 
@@ -128,33 +113,29 @@ def training_pairs(pool, n: int, crop: int, degrade_max: float, g: torch.Generat
 
 
 # ----------------------------------------------------------------------------------------------------
-# The SR zoo: stand-ins for "several diffusion SR models" (method.md §2) [ours]. Each maker takes the HR
+# The SR zoo: stand-ins for "several diffusion SR models" (docs/method.md §2) [ours]. Each maker takes the HR
 # batch, its LR and a strength in [0, 1] and returns an SR-like image with that model's typical failure.
 
 
 def _gauss(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    k = int(2 * round(3 * sigma) + 1)
+    k, c = int(2 * round(3 * sigma) + 1), x.shape[1]
     ax = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
     w = torch.exp(-0.5 * (ax / sigma) ** 2)
     w = (w / w.sum()).view(1, 1, 1, k)
-    c = x.shape[1]
     x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="reflect"), w.expand(c, 1, 1, k), groups=c)
-    return F.conv2d(
-        F.pad(x, (0, 0, k // 2, k // 2), mode="reflect"), w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c
-    )
+    wy = w.view(1, 1, k, 1).expand(c, 1, k, 1)
+    return F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="reflect"), wy, groups=c)
 
 
 def _edges(x: torch.Tensor) -> torch.Tensor:
     """Local edge strength in [0, 1], (B, 1, H, W): where diffusion models tend to paint and ring."""
     y = x.mean(1, keepdim=True)
-    e = (y - _gauss(y, 1.0)).abs()
-    return (_gauss(e, 1.0) / 0.05).clamp(0, 1)
+    return (_gauss((y - _gauss(y, 1.0)).abs(), 1.0) / 0.05).clamp(0, 1)
 
 
 def _texture(hr, lr, s, g):  # hallucinated high-frequency texture: invented detail, strongest off-edge
     n = torch.randn(hr.shape[0], 1, *hr.shape[-2:], generator=g).to(hr)
-    n = n - _gauss(n, 0.8)  # high-pass: fine grain, like a diffusion model's invented fur or foliage
-    return hr + 0.15 * s * n * (1.2 - _edges(hr))
+    return hr + 0.15 * s * (n - _gauss(n, 0.8)) * (1.2 - _edges(hr))  # high-pass: invented fur, foliage
 
 
 def _halo(hr, lr, s, g):  # over-sharpening: unsharp masking with a wide kernel rings around edges
@@ -168,25 +149,21 @@ def _paint(hr, lr, s, g):  # painterly smoothing: detail washed out into flat, p
 
 
 def _colour(hr, lr, s, g):  # colour-shift blotches: low-frequency hue errors
-    B, _, H, W = hr.shape
-    field = torch.rand(B, 3, 4, 4, generator=g).to(hr) - 0.5
-    field = F.interpolate(field, size=(H, W), mode="bicubic", align_corners=False)
+    field = torch.rand(hr.shape[0], 3, 4, 4, generator=g).to(hr) - 0.5
+    field = F.interpolate(field, size=hr.shape[-2:], mode="bicubic", align_corners=False)
     return hr + 0.5 * s * (field - field.mean(1, keepdim=True))
 
 
 def _checker(hr, lr, s, g):  # checkerboard: the transposed-convolution artifact, on structured regions
-    H, W = hr.shape[-2:]
-    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    ii, jj = torch.meshgrid(torch.arange(hr.shape[-2]), torch.arange(hr.shape[-1]), indexing="ij")
     cb = (((ii + jj) % 2) * 2 - 1).float().to(hr)
     return hr + 0.25 * s * cb * (0.3 + _edges(hr))
 
 
-# What diffusion-RL policies paint when they hack a reward (method.md "The RM must see what RL paints"):
-# this project's own RL samples showed magenta/green per-pixel speckle and, in a collapsed arm, 2–4 px
-# blocks and checker-like grids; peer reports of Flow-GRPO/SRPO hacking name fine grids and colour shifts.
-# The makers above have none of these (their grain is luma-only, their colour error a smooth 4×4 field), so
-# an RM trained on them scored such samples above HR. Each has a strength s ∈ [0, 1] (per sample) and an
-# amplitude constant, the knob to make it subtler or stronger.
+# What diffusion-RL policies paint when they hack a reward (docs/method.md "The RM must see what RL paints"):
+# chroma speckle, colour grain, 2–4 px blocks and grids, ringing, colour shifts (docs/experiments.md). The
+# makers above have none (their grain is luma-only, their colour error a smooth 4×4 field): an RM trained on
+# them alone scored such samples above HR. Amplitude constants: the knob for subtler or stronger.
 SPECKLE, GRAIN, GRID, RING, SATURATE = 0.15, 0.12, 0.12, 3.0, 1.0
 
 
@@ -212,15 +189,13 @@ def _speckle(hr, lr, s, g):  # per-pixel chroma speckle at 1–2 px: independent
 
 def _grain(hr, lr, s, g):  # colour-channel grain: high-pass noise per channel, strongest off-edge
     n = torch.randn(hr.shape, generator=g).to(hr)
-    n = n - _gauss(n, 0.8)
-    return hr + GRAIN * s * n * (1.2 - _edges(hr))
+    return hr + GRAIN * s * (n - _gauss(n, 0.8)) * (1.2 - _edges(hr))
 
 
 def _grid(hr, lr, s, g):  # 2–4 px blocking with a checker-like grid: what a collapsed policy paints
     px = _pick_scale(hr, g, (2, 4))
-    H, W = hr.shape[-2:]
-    ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    ii, jj = ii.to(hr.device), jj.to(hr.device)
+    (H, W), dev = hr.shape[-2:], hr.device
+    ii, jj = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev), indexing="ij")
     cb = ((ii // px + jj // px) % 2) * 2 - 1.0  # (B, 1, H, W): a checkerboard of px×px cells
     return torch.lerp(hr, _block_mean(hr, px), s) + GRID * s * cb
 
@@ -243,25 +218,12 @@ def _classical(mode):
     return lambda hr, lr, s, g: upsample(lr, mode)
 
 
-ZOO = {
-    "nearest": _classical("nearest"),
-    "bilinear": _classical("bilinear"),
-    "bicubic": _classical("bicubic"),
-    "texture": _texture,
-    "halo": _halo,
-    "paint": _paint,
-    "colour": _colour,
-    "checker": _checker,
-    "speckle": _speckle,
-    "grain": _grain,
-    "grid": _grid,
-    "ringing": _ringing,
-    "saturate": _saturate,
-}
+ZOO = dict(nearest=_classical("nearest"), bilinear=_classical("bilinear"), bicubic=_classical("bicubic"),
+           texture=_texture, halo=_halo, paint=_paint, colour=_colour, checker=_checker, speckle=_speckle,
+           grain=_grain, grid=_grid, ringing=_ringing, saturate=_saturate)  # fmt: skip
 
 
-# Which member made each I_SR (fgr_batch's "member"): index i < len(MEMBERS) is MEMBERS[i], the ZOO in its
-# order (sr_zoo's makers list the same way); i >= len(MEMBERS) is hook i - len(MEMBERS) (e.g. a policy).
+# fgr_batch's "member" i: MEMBERS[i] (ZOO's order, as sr_zoo lists its makers), or hook i - len(MEMBERS).
 MEMBERS = tuple(ZOO)
 
 
@@ -272,63 +234,47 @@ def member_name(i: int) -> str:
 def sr_zoo(
     hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3, p_hooks=None, with_member=False
 ):
-    """I_SR for a batch: each sample gets one zoo member (classical with p_classical, else procedural or a
-    hook). `sr_models` is the hook: extra makers f(hr, lr, strength, g) -> sr, e.g. a trained policy's
-    sampler (wired up in train_rm.py --policy), mixed in as equal members of the procedural group.
-    with_member: return (sr, member) instead, member (B,) the index of each sample's maker (MEMBERS above),
-    so a validation can say which members the RM is blind to (metrics.validate's member_name).
-
-    The LR image (HR degraded with `lr_strength`) is made only for the samples whose maker reads it (the
-    classical upsamplers and hooks): degradation runs in Pillow and is the costliest part of the data.
-    One call per member over the samples that drew it: a loop over ≤ 10 makers, not over samples."""
-    classical = [ZOO["nearest"], ZOO["bilinear"], ZOO["bicubic"]]
-    procedural = [v for k, v in ZOO.items() if k not in ("nearest", "bilinear", "bicubic")]
-    hooks = list(sr_models or [])
-    makers = classical + procedural + hooks
-    reads_lr = [True] * 3 + [False] * len(procedural) + [True] * len(hooks)
+    """I_SR for a batch: one zoo member per sample, classical with p_classical, else procedural or a hook
+    (`sr_models`: extra makers f(hr, lr, strength, g) -> sr, e.g. a policy's sampler; equal members of the
+    procedural group unless p_hooks fixes their share). with_member: (sr, member (B,) indices into MEMBERS).
+    The LR (Pillow, the costliest part) is made only for makers that read it; one call per member."""
+    hooks, P = list(sr_models or []), len(ZOO) - 3  # ZOO: the 3 classical upsamplers, then P procedural
+    makers, reads_lr = list(ZOO.values()) + hooks, [True] * 3 + [False] * P + [True] * len(hooks)
     B = hr.shape[0]
     u = torch.rand(B, generator=g)
-    pick = 3 + torch.randint(len(procedural) + len(hooks), (B,), generator=g)  # procedural or hook
-    if hooks and p_hooks is not None:  # a fixed share for the hooks (train_rl's co-evolution uses 1.0)
+    pick = 3 + torch.randint(P + len(hooks), (B,), generator=g)  # procedural or hook
+    if hooks and p_hooks is not None:  # a fixed share for the hooks
         use_hook = torch.rand(B, generator=g) < p_hooks
-        pick = torch.where(
-            use_hook,
-            3 + len(procedural) + torch.randint(len(hooks), (B,), generator=g),
-            3 + torch.randint(len(procedural), (B,), generator=g),
-        )
+        hook = 3 + P + torch.randint(len(hooks), (B,), generator=g)
+        pick = torch.where(use_hook, hook, 3 + torch.randint(P, (B,), generator=g))
     pick = torch.where(u < p_classical, torch.randint(3, (B,), generator=g), pick)  # classical first
     s = strength * (0.5 + 0.5 * torch.rand(B, generator=g))  # per-sample strength in [s/2, s]
     out = torch.empty_like(hr)
     for m in pick.unique().tolist():
         idx = (pick == m).nonzero().squeeze(1)
         lr = degrade(hr[idx], lr_strength, g) if reads_lr[m] else None
-        sm = s[idx].view(-1, 1, 1, 1).to(hr)
-        out[idx] = makers[m](hr[idx], lr, sm, g).to(hr)
+        out[idx] = makers[m](hr[idx], lr, s[idx].view(-1, 1, 1, 1).to(hr), g).to(hr)
     return (out.clamp(0, 1), pick) if with_member else out.clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Masks: where the SR region is pasted into the HR image (method.md §2)
+# Masks: where the SR region is pasted into the HR image (docs/method.md §2)
 
 
 def random_masks(n, size, area, g, segments=None, feather=1.5) -> torch.Tensor:
-    """(n, 1, size, size) soft masks in [0, 1] covering ~`area` of the image, feathered at the edges.
-
-    Each sample draws one kind: an ellipse, a rectangle, a brush stroke, or (when segments are given)
-    a union of superpixels — the SAM stand-in. All kinds are computed batched and one is selected."""
+    """(n, 1, size, size) soft masks in [0, 1] covering ~`area`, feathered: per sample an ellipse, rectangle,
+    brush stroke or (given segments) a union of superpixels, the SAM stand-in; all batched, one picked."""
     r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     A = area * (0.5 + r(n, 1, 1)) * size * size  # target pixels, jittered ×0.5…1.5
     cy, cx = r(n, 1, 1) * size, r(n, 1, 1) * size
-    asp = 0.4 + 1.2 * r(n, 1, 1)  # aspect ratio
-    th = r(n, 1, 1) * np.pi
-    u = (xx - cx) * th.cos() + (yy - cy) * th.sin()
-    v = -(xx - cx) * th.sin() + (yy - cy) * th.cos()
+    asp, th = 0.4 + 1.2 * r(n, 1, 1), r(n, 1, 1) * np.pi  # aspect ratio, angle
+    u, v = (xx - cx) * th.cos() + (yy - cy) * th.sin(), -(xx - cx) * th.sin() + (yy - cy) * th.cos()
     a = (A / (np.pi * asp)).sqrt()
     ellipse = (u / (a * asp)) ** 2 + (v / a) ** 2 <= 1
     rect = (u.abs() <= (A * asp).sqrt() / 2) & (v.abs() <= (A / asp).sqrt() / 2)
     # brush stroke: 8 disks along a random walk, radius set so the stroke covers ~A pixels
-    steps = (r(n, 8, 2) - 0.5) * size * 0.25
+    steps = (r(n, 8, 2) - 0.5) * size * 0.25  # the walk's 8 steps
     pts = torch.stack([cx, cy], -1).view(n, 1, 2) + steps.cumsum(1)
     rad = (A.view(n, 1) / (8 * np.pi)).sqrt().clamp(min=2) * 1.6
     d2 = (xx[None, None] - pts[..., 0, None, None]) ** 2 + (yy[None, None] - pts[..., 1, None, None]) ** 2
@@ -348,7 +294,7 @@ def random_masks(n, size, area, g, segments=None, feather=1.5) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# FGR triplets: (I_GT, I_syn, I_SR, M_gt) — the reward model's training data (method.md §2)
+# FGR triplets: (I_GT, I_syn, I_SR, M_gt) — the reward model's training data (docs/method.md §2)
 
 
 @dataclass
@@ -361,29 +307,19 @@ class Difficulty:
 
 
 def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu", **zoo_kw) -> dict:
-    """A batch of FGR triplets as a dict of tensors on `device`:
-    gt, syn, sr (n, 3, S, S); mask, dmap_syn, dmap_sr (n, 1, S, S); gold_gt, gold_syn, gold_sr (n,);
-    member (n,), the zoo member that made each I_SR (MEMBERS)."""
+    """A batch of FGR triplets as a dict of tensors on `device`: gt, syn, sr (n, 3, S, S); mask, dmap_syn,
+    dmap_sr (n, 1, S, S); gold_gt, gold_syn, gold_sr (n,); member (n,), each I_SR's zoo member (MEMBERS).
+    One LR degradation strength per batch; zoo_kw: sr_zoo's p_classical, p_hooks."""
     hr, seg = pool.crops(n, size, g, with_segments=True)
-    lr_strength = diff.degrade * float(torch.rand((), generator=g))  # one LR strength per batch
-    hr = hr.to(device)
-    # zoo_kw: p_classical, p_hooks
+    lr_strength, hr = diff.degrade * float(torch.rand((), generator=g)), hr.to(device)
     sr, member = sr_zoo(hr, diff.artifact, g, lr_strength, sr_models, with_member=True, **zoo_kw)
     mask = random_masks(n, size, diff.area, g, segments=seg).to(device)
     syn = mask * sr + (1 - mask) * hr  # I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT
     dmap_syn, dmap_sr = label_map(syn, hr), label_map(sr, hr)
-    return {
-        "gt": hr,
-        "syn": syn,
-        "sr": sr,
-        "mask": mask,
-        "dmap_syn": dmap_syn,
-        "dmap_sr": dmap_sr,
-        "gold_gt": torch.ones(n, device=device),  # M(I_GT; I_GT) = 0 exactly, so its quality is 1
-        "gold_syn": 1 - dmap_syn.mean((1, 2, 3)),
-        "gold_sr": 1 - dmap_sr.mean((1, 2, 3)),
-        "member": member.to(device),
-    }
+    # gold = 1 − mean(label map); for I_GT that is 1 exactly, since M(I_GT; I_GT) = 0
+    return dict(gt=hr, syn=syn, sr=sr, mask=mask, dmap_syn=dmap_syn, dmap_sr=dmap_sr,
+                gold_gt=torch.ones(n, device=device), gold_syn=1 - dmap_syn.mean((1, 2, 3)),
+                gold_sr=1 - dmap_sr.mean((1, 2, 3)), member=member.to(device))  # fmt: skip
 
 
 def labelled_groups(sr: torch.Tensor, hr: torch.Tensor, G: int) -> dict:
@@ -394,9 +330,8 @@ def labelled_groups(sr: torch.Tensor, hr: torch.Tensor, G: int) -> dict:
 
 
 def group_triplets(groups: dict, n_groups: int, area: float, g: torch.Generator) -> dict:
-    """FGR triplets (fgr_batch's keys) whose I_SR are policy samples: n_groups random groups of `groups`
-    (labelled_groups: G samples of one LR each, with their HR, label maps and gold), pasted into HR
-    with random masks of mean `area`; "group" = G and "n_group" = n_groups · G tell rm.rm_losses where
+    """FGR triplets (fgr_batch's keys) of n_groups random groups of `groups` (labelled_groups), pasted into
+    HR with random masks of mean `area`; "group" = G, "n_group" = n_groups · G tell rm.rm_losses where
     L_group's groups are (the end of "sr")."""
     G = groups["G"]
     pick = torch.randperm(len(groups["sr"]) // G, generator=g)[:n_groups]
@@ -405,11 +340,9 @@ def group_triplets(groups: dict, n_groups: int, area: float, g: torch.Generator)
     mask = random_masks(len(idx), hr.shape[-1], area, g).to(hr.device)
     syn = mask * sr + (1 - mask) * hr  # I_syn = Mask ⊙ I_SR + (1 − Mask) ⊙ I_GT
     dmap_syn = label_map(syn, hr)
-    return {
-        "gt": hr, "syn": syn, "sr": sr, "mask": mask, "dmap_syn": dmap_syn, "dmap_sr": groups["dmap"][idx],
-        "gold_gt": torch.ones(len(idx), device=hr.device), "gold_syn": 1 - dmap_syn.mean((1, 2, 3)),
-        "gold_sr": groups["gold"][idx], "group": G, "n_group": len(idx),
-    }  # fmt: skip
+    return dict(gt=hr, syn=syn, sr=sr, mask=mask, dmap_syn=dmap_syn, dmap_sr=groups["dmap"][idx],
+                gold_gt=torch.ones(len(idx), device=hr.device), gold_syn=1 - dmap_syn.mean((1, 2, 3)),
+                gold_sr=groups["gold"][idx], group=G, n_group=len(idx))  # fmt: skip
 
 
 def merge(a: dict, b: dict) -> dict:

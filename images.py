@@ -84,8 +84,8 @@ def _decode(path: str, segments: bool):
 
 def _read(files: list[str], root: str, segments: bool = False):
     """Decode `files` in order. Returns (images, segments or Nones); unreadable files are skipped with one
-    warning naming them. (A 1536×1024 PNG takes 0.13 s to decode + 0.59 s of SLIC on one core; decoding in
-    DataLoader worker processes measured slower on the 2-core dev machine, so it happens here, once.)"""
+    warning naming them. Decoding and SLIC happen here, once, in this process: worker processes were slower
+    on a 2-core machine (docs/experiments.md)."""
     imgs, segs, bad = [], [], []
     for f in files:
         item = _decode(f, segments)
@@ -201,7 +201,8 @@ class ImagePool:
         # Superpixels (the masks' SAM stand-in) once per image, here at load time, not per drawn crop.
         segs = [segments[i] for i in self.keep] if segments is not None else [None] * len(self.keep)
         self.segments = [s if s is not None else _segments(im) for s, im in zip(segs, self.images)]
-        # Off by default (SFT, RL and every held-out set see the photos as they are); train_rm turns it on.
+        # Off by default (SFT, RL and every held-out set see the photos as they are); train_rm sets it from
+        # --augment (0 by default, 0.5 in its pretrain preset).
         self.augment = 0.0  # max zoom-out of a crop (0 = no augmentation); see crops()
 
     def crops(self, n: int, size: int, g: torch.Generator, with_segments: bool = False):
@@ -243,7 +244,7 @@ class ImagePool:
 
 
 class PairedPool(ImagePool):
-    """Real (LR, HR) pairs, e.g. RealSR or DRealSR: aligned random crops of both (method.md §6's test sets).
+    """Real (LR, HR) pairs (RealSR, DRealSR: docs/method.md §6's test sets), aligned random crops of both.
 
     LR is either 1/4 of HR (HR may be up to 3 px larger, as when HR sides are not multiples of 4: the excess
     at the bottom/right is never cropped) or, as in RealSR's aligned release, the same size as HR; then the
@@ -371,7 +372,7 @@ def load_pool(data="builtin", split="train", crop=64, procedural=None) -> ImageP
         procedural = 0.3 if (data == "builtin" and split == "train") else 0.0
     if kind == "builtin":
         return ImagePool(load_images(data, split), crop, procedural, name=data)
-    imgs, segs = _read(_image_files(data), data, segments=True)  # decode + superpixels in worker processes
+    imgs, segs = _read(_image_files(data), data, segments=True)  # decode + superpixels, once, here
     if not imgs:
         raise ConfigError(f"no usable image in {data}: put PNG/JPEG/WebP/BMP/TIFF HR images there")
     return ImagePool(imgs, crop, procedural, name=data, segments=segs)

@@ -1,12 +1,11 @@
 """How we measure: the label function (the FGR labels *and* the gold judge) and PSNR / SSIM on Y.
 
-The label function is the paper's label map (method.md §2):
+The label function is the paper's label map (docs/method.md §2):
 
     M_gt = Normalize( α · |I − I_ref|_1  +  (1 − α) · d_φ(I, I_ref) )          per pixel, in [0, 1]
 
-It is full-reference: it needs the HR image. The reward models never see HR when they score, so the
-same function doubles as the *gold judge* of the toy world ("The honest toy world", method.md): when a
-policy's reward goes up while this map does not go down, the policy is hacking the reward.
+It needs the HR image; the reward models never see HR, so the same function is also the *gold judge* of the
+toy world (docs/method.md "The honest toy world"): a reward that rises while this map does not fall is hacked.
 
     from metrics import label_map, gold_quality, psnr_y, ssim_y
     M = label_map(sr, hr)        # (B, 1, H, W) in [0, 1], higher = more degraded
@@ -15,38 +14,27 @@ policy's reward goes up while this map does not go down, the policy is hacking t
     lr_consistency(sr, lr)       # (B,) |down(SR) − LR|: RL's optional consistency term
     auroc(map, gold_map > 0.1), spearman(a, b), group_spearman(a, b, G)   # the RM tables' measures
 
-Everything is batched torch, differentiable and device-agnostic: RL calls it every step.
-"""
+All batched torch, differentiable and device-agnostic: RL calls it every step."""
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SCALE = 4  # the SR factor everywhere in this project (design.md: "Scale ×4"); data.py and policy.py use it
+SCALE = 4  # the SR factor of the whole project (×4 only); data.py and policy.py use it
 
 # ----------------------------------------------------------------------------------------------------
-# The fixed, training-free feature φ [ours, method.md §2]. The paper uses DINOv3 features; offline we use
-# multi-scale *texture energy*: at scales 1, 2, 4 the local amplitude of four oriented derivatives
-# (horizontal, vertical, two diagonals) and of the local contrast. Compared per feature with the
-# SSIM-style contrast term, d = (a − b)² / (a² + b² + c), this sees what pixel error alone misses:
-# texture that was lost (blur: a → 0 gives d → 1) and texture that was invented (b ≈ 0, a > 0 gives d → 1),
-# while a texture reproduced with a small shift (large pixel error, same energy) is judged mildly.
-# Why not 1 − cos of the whole vector, as the paper does with DINO? Cosine is blind to a uniform loss of
-# energy (a blurred patch has the same *direction* of gradient energies), so blur would go unseen.
+# The fixed, training-free φ [ours, docs/method.md §2]: not the paper's DINOv3 but multi-scale *texture
+# energy*, the local amplitude of four oriented derivatives and of the contrast, compared per feature by the
+# SSIM-style d = (a − b)² / (a² + b² + c): texture lost (blur: a → 0, d → 1) or invented (b ≈ 0 < a) counts,
+# a slightly shifted one (same energy) little. Not DINO's 1 − cos: cosine is blind to a uniform loss (blur).
 
 SCALES = (1, 2, 4)  # pixel scales at which texture energy is measured (×4 SR artifacts live at 1–4 px)
-ENERGY_C = 0.02**2  # c: energies below ~0.02 (≈ 5/255 amplitude) count as "no texture", so noise floors
-# and JPEG-level differences do not register as strong feature distance
+ENERGY_C = 0.02**2  # c: energies below ~0.02 (≈ 5/255) are "no texture": noise floors, JPEG-level changes
 
-# The four oriented derivative filters (2×2 support, so a one-pixel checkerboard registers on diagonals).
-_KERNELS = torch.tensor(
-    [
-        [[-1.0, 1.0], [0.0, 0.0]],  # horizontal derivative
-        [[-1.0, 0.0], [1.0, 0.0]],  # vertical derivative
-        [[-1.0, 0.0], [0.0, 1.0]],  # diagonal ↘
-        [[0.0, -1.0], [1.0, 0.0]],  # diagonal ↙
-    ]
-).unsqueeze(1)  # (4, 1, 2, 2)
+# The oriented derivatives, (4, 1, 2, 2): horizontal, vertical, ↘, ↙ (2×2: a 1-px checkerboard shows on ↘ ↙).
+_KERNELS = torch.tensor([
+    [[-1.0, 1.0], [0.0, 0.0]], [[-1.0, 0.0], [1.0, 0.0]], [[-1.0, 0.0], [0.0, 1.0]], [[0.0, -1.0], [1.0, 0.0]]
+]).unsqueeze(1)  # fmt: skip
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
@@ -56,15 +44,11 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 
 def texture_energy(x: torch.Tensor) -> torch.Tensor:
-    """φ(x): (B, 5·len(SCALES), H, W) local amplitudes (≥ 0) of oriented derivatives and contrast.
-
-    At scale s the luma is box-averaged by s, differentiated, squared, averaged over a 3×3 neighbourhood
-    (a "local energy"), square-rooted back to an amplitude and upsampled to H, W. All batched convs.
-    """
+    """φ(x): (B, 5·len(SCALES), H, W) local amplitudes (≥ 0) of oriented derivatives and contrast: per scale s
+    the luma box-averaged by s, differentiated, squared, 3×3-averaged, square-rooted and upsampled to H, W."""
     y = _luma(x)
     H, W = y.shape[-2:]
-    feats = []
-    k = _KERNELS.to(y)
+    feats, k = [], _KERNELS.to(y)
     for s in SCALES:
         ys = F.avg_pool2d(y, s) if s > 1 else y
         d = F.conv2d(F.pad(ys, (0, 1, 0, 1), mode="replicate"), k)  # (B, 4, h, w) oriented derivatives
@@ -72,23 +56,16 @@ def texture_energy(x: torch.Tensor) -> torch.Tensor:
         var = F.avg_pool2d((ys - mu) ** 2, 3, 1, 1, count_include_pad=False)
         e = torch.cat([F.avg_pool2d(d**2, 3, 1, 1, count_include_pad=False), var], 1)
         e = (e + 1e-12).sqrt()  # amplitudes; the epsilon keeps the gradient of sqrt finite at 0
-        if s > 1:
-            e = F.interpolate(e, size=(H, W), mode="bilinear", align_corners=False)
-        feats.append(e)
+        feats.append(F.interpolate(e, size=(H, W), mode="bilinear", align_corners=False) if s > 1 else e)
     return torch.cat(feats, 1)
 
 
 # ----------------------------------------------------------------------------------------------------
-# The hook for a user-supplied φ (method.md §2: the paper's DINOv3). Nothing is downloaded or unpickled here:
-# you load the network yourself, from files you have, and hand this module a callable. For example, DINOv2
-# from a local clone of its repository (torch.hub with source="local" imports the clone's Python code, the
-# weights file is a state dict) or from a local Hugging Face snapshot:
-#
-#     import torch, metrics
+# A user-supplied φ (docs/method.md §2: the paper's DINOv3). Nothing is downloaded or unpickled here: load
+# the network from your files (a local torch.hub clone, a local Hugging Face snapshot), hand over a callable:
 #     dino = torch.hub.load("/path/to/dinov2", "dinov2_vits14", source="local", pretrained=False)
 #     dino.load_state_dict(torch.load("/path/to/dinov2_vits14_pretrain.pth", weights_only=True))
 #     # or: from transformers import AutoModel; dino = AutoModel.from_pretrained("/path/to/dinov2-small")
-#
 #     class DinoPhi(torch.nn.Module):          # images in [0, 1] -> (B, C, h, w) patch features
 #         def __init__(self, net):
 #             super().__init__()
@@ -101,12 +78,7 @@ def texture_energy(x: torch.Tensor) -> torch.Tensor:
 #             tok = self.net.forward_features(x)["x_norm_patchtokens"]   # (B, h*w, C)
 #             # (transformers: tok = self.net(pixel_values=x).last_hidden_state[:, 1:], dropping CLS)
 #             return tok.transpose(1, 2).reshape(x.shape[0], -1, H // 14, W // 14)
-#
-#     metrics.set_phi(DinoPhi(dino).to(device), norm=0.5)   # then train_rm.main(cfg), evaluate.main(cfg), ...
-#
-# With φ set, d_φ = (1 − cos(φ(x), φ(ref))) / 2 per feature location (the paper's literal form), upsampled
-# to the image. NORM was calibrated for the default φ: re-calibrate it for yours (95th percentile of the raw
-# map over SR-zoo samples, as described at NORM below) and pass it as `norm`.
+#     metrics.set_phi(DinoPhi(dino).to(device), norm=0.5)   # norm: re-calibrated for your φ as NORM below was
 
 PHI: nn.Module | None = None  # the user's φ, set with set_phi; None = texture energy
 
@@ -118,53 +90,40 @@ def _device_of(phi, default):
 
 
 def set_phi(phi, norm: float | None = None) -> None:
-    """Make `phi` (images (B, 3, H, W) in [0, 1] -> features (B, C, h, w)) the label function's φ everywhere:
-    FGR labels, the gold judge, coevolution. phi=None restores the default. Checked once on a tiny input so a
-    wrong wrapper is a one-line error here, not a shape error deep in training."""
+    """Make `phi` (images (B, 3, H, W) in [0, 1] -> (B, C, h, w)) the label function's φ everywhere; None: the
+    default. Checked on a tiny input: a wrong wrapper is a one-line error here, not deep in training."""
     global PHI, NORM
     if phi is not None:
         if not callable(phi):
             raise TypeError(f"set_phi: phi must be a callable or nn.Module, got {type(phi).__name__}")
-        probe = torch.rand(1, 3, 64, 64, device=_device_of(phi, "cpu"))
         with torch.no_grad():
-            out = phi(probe)
+            out = phi(torch.rand(1, 3, 64, 64, device=_device_of(phi, "cpu")))
         if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != 1:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"set_phi: phi must return (B, C, h, w) features, got {shape}; reshape tokens")
-    PHI = phi
-    if norm is not None:
-        NORM = float(norm)
-    elif phi is None:  # back to the default φ: back to its calibrated constant too
-        NORM = DEFAULT_NORM
+    PHI = phi  # and NORM: `norm` if given; back to the default φ, back to its calibrated constant too
+    NORM = float(norm) if norm is not None else (DEFAULT_NORM if phi is None else NORM)
 
 
 def feature_distance(x: torch.Tensor, ref: torch.Tensor, phi: nn.Module | None = None) -> torch.Tensor:
-    """d_φ(x, ref) per pixel, (B, 1, H, W) in [0, 1].
-
-    Default φ: texture energy with the per-feature contrast comparison above. A user network φ (e.g. a
-    DINOv2/v3 backbone the user loaded from a local path, wrapped to return (B, C, h, w) features) gets the
-    paper's literal form, 1 − cos(φ(x), φ(ref)) per location, upsampled to the image size. phi=None uses
-    the network set with set_phi, if any (the hook above).
-    """
+    """d_φ(x, ref) per pixel, (B, 1, H, W) in [0, 1]: texture energy compared per feature (above), or for a
+    network φ (`phi`, else the one set_phi set) (1 − cos(φ(x), φ(ref))) / 2, upsampled to the image."""
     phi = phi if phi is not None else PHI
-    if phi is not None:
-        # φ may live on another device than the images (a GPU network labelling CPU-made triplets): run it
-        # where its weights are, and return the map where the images are.
+    if phi is not None:  # run φ where its weights are (a GPU net, CPU-made triplets); the map where x is
         on = _device_of(phi, x.device)
-        fx, fr = phi(x.to(on)), phi(ref.to(on))
-        d = 1 - F.cosine_similarity(fx, fr, dim=1, eps=1e-6).unsqueeze(1)  # (B, 1, h, w) in [0, 2]
+        d = 1 - F.cosine_similarity(phi(x.to(on)), phi(ref.to(on)), dim=1, eps=1e-6).unsqueeze(1)  # [0, 2]
         d = (d / 2).clamp(0, 1).to(x.device)
         return F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)
     a, b = texture_energy(x), texture_energy(ref)
     return ((a - b) ** 2 / (a**2 + b**2 + ENERGY_C)).mean(1, keepdim=True)
 
 
-# Normalize [ours]: one fixed dataset-level constant, never per-image min-max, so that "0.3" means the same
-# amount of degradation in every image and a clean image really gets ~0. Calibrated once (2026-11-26):
-# 512 random 64×64 crops of the built-in training split, each through all 8 members of data.py's SR zoo at
-# full strength (classical upsamplers from clean bicubic LR); NORM is the 95th percentile of the raw
-# per-pixel value over all of them (0.34), so strong artifacts approach 1 while a bicubic ×4 upsample
-# averages ~0.25 and sensor-level noise (σ = 2/255) ~0.02.
+# Normalize [ours]: one fixed dataset-level constant, never per-image min-max, so "0.3" means the same amount
+# of degradation in every image and a clean image gets ~0. Calibrated once (2026-11-26): 512 random 64×64
+# crops of the built-in training split through each of the 8 members data.py's SR zoo had then (nearest …
+# checker; the RL-artifact members came later) at full strength, the classical ones from clean bicubic LR;
+# NORM = the 95th percentile of the raw per-pixel value (0.34). Strong artifacts approach 1, a bicubic ×4
+# upsample averages ~0.25, sensor noise (σ = 2/255) ~0.02.
 NORM = 0.34
 DEFAULT_NORM = NORM  # what set_phi(None) restores
 ALPHA = 0.5  # α: weight of the pixel term; the paper's ablation says pixel + feature beats pixel alone
@@ -174,9 +133,8 @@ SMOOTH = 3  # the raw map is averaged over 3×3 pixels: "per location", so singl
 def label_map(
     x: torch.Tensor, ref: torch.Tensor, alpha: float = ALPHA, phi: nn.Module | None = None
 ) -> torch.Tensor:
-    """The label function M(x; ref), (B, 1, H, W) in [0, 1], higher = more degraded (method.md §2).
-
-    alpha = 1 gives the pixel term alone (evaluate.py uses it as a judge the reward models never saw)."""
+    """The label function M(x; ref), (B, 1, H, W) in [0, 1], higher = more degraded (docs/method.md §2).
+    alpha = 1: the pixel term alone (evaluate.py's judge that the reward models never saw)."""
     if x.shape != ref.shape:
         raise ValueError(
             f"label_map: image {tuple(x.shape)} and reference {tuple(ref.shape)} differ in shape"
@@ -195,15 +153,13 @@ def gold_quality(x: torch.Tensor, ref: torch.Tensor, **kw) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# PSNR / SSIM, the classical SR protocol: on the Y channel of YCbCr (BT.601, studio range 16–235), with a
-# border of `crop` = scale pixels removed, SSIM with an 11×11 Gaussian window of σ = 1.5 (Wang et al. 2004).
-# Pinned to scikit-image in tests/test_metrics.py.
+# PSNR / SSIM, the classical SR protocol: Y of YCbCr (BT.601, 16–235), a border of `crop` = scale pixels
+# removed, SSIM's 11×11 Gaussian window of σ = 1.5 (Wang et al. 2004). Pinned to scikit-image in the tests.
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
     """RGB [0, 1] → Y in [16, 235] (on the 0–255 scale), (B, 1, H, W). The MATLAB rgb2ycbcr formula."""
-    w = x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
-    return 16.0 + (x * w).sum(1, keepdim=True)
+    return 16.0 + (x * x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
 def _crop(y: torch.Tensor, crop: int) -> torch.Tensor:
@@ -229,10 +185,8 @@ def ssim_map_y(x: torch.Tensor, ref: torch.Tensor, crop: int = 4) -> torch.Tenso
     win = _gaussian_window(like=a)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # K1, K2 of Wang et al. with L = 255
     mu_a, mu_b = F.conv2d(a, win), F.conv2d(b, win)
-    # Population (not sample) covariances, as in the original SSIM (use_sample_covariance=False).
-    s_aa = F.conv2d(a * a, win) - mu_a**2
-    s_bb = F.conv2d(b * b, win) - mu_b**2
-    s_ab = F.conv2d(a * b, win) - mu_a * mu_b
+    s_aa, s_bb = F.conv2d(a * a, win) - mu_a**2, F.conv2d(b * b, win) - mu_b**2
+    s_ab = F.conv2d(a * b, win) - mu_a * mu_b  # population (not sample) covariances, as the original SSIM
     return ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2))
 
 
@@ -258,9 +212,8 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = s.argsort()
     ranks = torch.empty_like(s)
-    ranks[order] = torch.arange(1, len(s) + 1, dtype=s.dtype)
+    ranks[s.argsort()] = torch.arange(1, len(s) + 1, dtype=s.dtype)
     uniq, inv, counts = torch.unique(s, return_inverse=True, return_counts=True)
     if len(uniq) < len(s):  # average the ranks of tied values
         sums = torch.zeros(len(uniq), dtype=s.dtype).scatter_add_(0, inv, ranks)
@@ -276,88 +229,63 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def group_spearman(a: torch.Tensor, b: torch.Tensor, G: int) -> float:
-    """Mean over groups of G adjacent entries of the Spearman correlation of a and b inside each group: does
-    the RM order the samples of one LR as gold does (what the RL advantage depends on)?"""
-    ra = a.view(-1, G).argsort(1).argsort(1).double()
-    rb = b.view(-1, G).argsort(1).argsort(1).double()
+    """Mean Spearman correlation inside groups of G adjacent entries: does the RM order one LR's samples as
+    gold does (what the RL advantage depends on)?"""
+    ra, rb = (t.view(-1, G).argsort(1).argsort(1).double() for t in (a, b))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)).mean())
 
 
 def map_calibration(dmap: torch.Tensor, label: torch.Tensor, threshold: float = 0.1) -> float:
-    """Mean predicted map inside the degraded region ÷ mean label map there (region: label > threshold, the
-    AUROC's positives). 1 = as intense as the label; a map that ranks pixels well (AUROC) can still be faint
-    (≪ 1), and RL's local penalty reads its intensity. NaN when no pixel is degraded."""
+    """Mean map ÷ mean label inside the degraded region (label > threshold; NaN if none): 1 = as intense as
+    the label. A map that ranks pixels well (AUROC) can still be faint (≪ 1); RL's local penalty reads it."""
     region = label > threshold
-    if not region.any():
-        return float("nan")
-    return float(dmap[region].mean() / label[region].mean())
+    return float(dmap[region].mean() / label[region].mean()) if region.any() else float("nan")
 
 
 def _run(model, x: torch.Tensor, batch: int) -> tuple:
     """The model on x in chunks of `batch`, on the model's device: (score (B,), dmap or None), on the CPU."""
-    p = next(model.parameters())
-    outs = [model(c.to(p.device)) for c in x.split(batch)]
+    outs = [model(c.to(next(model.parameters()).device)) for c in x.split(batch)]
     score = torch.cat([o[0] for o in outs]).cpu()
     return score, None if outs[0][1] is None else torch.cat([o[1] for o in outs]).cpu()
 
 
 @torch.no_grad()
 def policy_metrics(model, groups: dict, batch: int = 64) -> dict:
-    """On policy samples in groups (policy_groups): pol_auroc, the map's AUROC against the gold map (> 0.1),
-    and pol_rank, the within-group rank correlation of the score with gold quality; None where not defined."""
+    """On policy samples in groups (train_rm.policy_groups): pol_auroc, the map's AUROC against the gold map
+    (> 0.1; None without a map), and pol_rank, the score's within-group rank correlation with gold."""
     score, dmap = _run(model, groups["sr"], batch)
-    return {
-        "pol_auroc": None if dmap is None else auroc(dmap, groups["dmap"].cpu() > 0.1),
-        "pol_rank": group_spearman(score, groups["gold"].cpu(), groups["G"]),
-    }
+    return {"pol_auroc": None if dmap is None else auroc(dmap, groups["dmap"].cpu() > 0.1),
+            "pol_rank": group_spearman(score, groups["gold"].cpu(), groups["G"])}  # fmt: skip
 
 
 def _triplet_numbers(s_gt, s_syn, s_sr, m_syn, m_sr, lab_syn, lab_sr) -> dict:
-    """Triplet order (S_SR < S_syn < S_GT, each half too) and the map's AUROC against the label maps (> 0.1)
-    of one set of triplets: validate's, on the whole held-out set and on each zoo member's share of it."""
+    """Triplet order (S_SR < S_syn < S_GT, each half too) and map AUROC of a set of triplets (validate's)."""
     gt_syn, syn_sr = s_gt > s_syn, s_syn > s_sr
-    # map AUROC: positives are the pixels the label function calls degraded
-    lab = torch.cat([lab_syn, lab_sr]) > 0.1
-    return {
-        "gt_syn": float(gt_syn.float().mean()),
-        "syn_sr": float(syn_sr.float().mean()),
-        "triplet_acc": float((gt_syn & syn_sr).float().mean()),
-        "map_auroc": None if m_syn is None else auroc(torch.cat([m_syn, m_sr]), lab),
-    }
+    lab = torch.cat([lab_syn, lab_sr]) > 0.1  # the map AUROC's positives: degraded per the label function
+    return {"gt_syn": float(gt_syn.float().mean()), "syn_sr": float(syn_sr.float().mean()),
+            "triplet_acc": float((gt_syn & syn_sr).float().mean()),
+            "map_auroc": None if m_syn is None else auroc(torch.cat([m_syn, m_sr]), lab)}  # fmt: skip
 
 
 @torch.no_grad()
 def validate(model, v: dict, batch: int = 64, member_name=None) -> dict:
-    """The per-stage numbers of the issue, on the fixed set v. Map metrics are None at stage 0 (no map).
-    member_name (data.member_name): also "members", the triplet numbers split by the zoo member that made each
-    triplet's I_SR (v["member"], from data.fgr_batch): {name: {n, gt_syn, syn_sr, triplet_acc, map_auroc}}.
-    Which artifacts the RM is blind to, or scores backwards (syn_sr < 0.5: the fully degraded image scored
-    above the partly degraded one). Few triplets per member: noisy cells."""
+    """The per-stage numbers on the fixed set v; map metrics None at stage 0 (no map). With member_name
+    (data.member_name) also "members": {name: {n, gt_syn, syn_sr, triplet_acc, map_auroc}} per zoo member that
+    made I_SR (v["member"]): what the RM is blind to or scores backwards (syn_sr < 0.5). Few triplets each."""
     out = {k: _run(model, v[k], batch) for k in ("gt", "syn", "sr", "bicubic", "small")}
     (s_gt, m_gt), (s_syn, m_syn), (s_sr, m_sr) = out["gt"], out["syn"], out["sr"]
     if not all(torch.isfinite(s).all() for s, _ in out.values()):  # a NaN model gives no valid table
         raise SystemExit("error: the reward model gives non-finite scores on the held-out set; lower --lr")
-    gold = torch.cat([v["gold_gt"], v["gold_syn"], v["gold_sr"]]).cpu()
+    gold, clean_std = torch.cat([v["gold_gt"], v["gold_syn"], v["gold_sr"]]).cpu(), s_gt.std().clamp_min(1e-6)
     lab_syn, lab_sr = v["dmap_syn"].cpu(), v["dmap_sr"].cpu()
     t = _triplet_numbers(s_gt, s_syn, s_sr, m_syn, m_sr, lab_syn, lab_sr)
-    clean_std = s_gt.std().clamp_min(1e-6)
-    r = {
-        "triplet_acc": t["triplet_acc"],
-        "spearman": spearman(torch.cat([s_gt, s_syn, s_sr]), gold),
-        "hr_gt_bicubic": float((s_gt > out["bicubic"][0]).float().mean()),
-        # local sensitivity: score drop from one small artifact, in units of the clean-score spread
-        "local_sens": float((s_gt - out["small"][0]).mean() / clean_std),
-        "map_l1": None,
-        "map_auroc": t["map_auroc"],
-        "clean_map": None,
-        "map_calib": None,
-    }
+    r = {"triplet_acc": t["triplet_acc"], "spearman": spearman(torch.cat([s_gt, s_syn, s_sr]), gold),
+         "hr_gt_bicubic": float((s_gt > out["bicubic"][0]).float().mean()),
+         "local_sens": float((s_gt - out["small"][0]).mean() / clean_std),  # a small artifact's score drop
+         "map_l1": None, "map_auroc": t["map_auroc"], "clean_map": None, "map_calib": None}  # fmt: skip
     if m_syn is not None:
-        m, lab = (
-            torch.cat([m_syn, m_sr]),
-            torch.cat([lab_syn, lab_sr]),
-        )  # every degraded image's map and label
+        m, lab = torch.cat([m_syn, m_sr]), torch.cat([lab_syn, lab_sr])  # every degraded image's map, label
         r["map_l1"] = float((m - lab).abs().mean())
         r["clean_map"] = float(m_gt.mean())  # false alarms on clean HR images
         r["map_calib"] = map_calibration(m, lab)
@@ -379,27 +307,14 @@ def format_members(rows: dict) -> str:
     cols = ["n", "map_auroc", "gt_syn", "syn_sr", "triplet_acc"]
     auc = {k: r["map_auroc"] for k, r in rows.items()}
     order = sorted(rows, key=lambda k: -auc[k] if auc[k] is not None and auc[k] == auc[k] else 1.0)
-    lines = [f"{'member':>10} " + " ".join(f"{c:>11}" for c in cols)]
-    lines += [f"{k:>10} " + " ".join(f"{f(rows[k][c]):>11}" for c in cols) for k in order]
-    return "\n".join(lines)
+    head = f"{'member':>10} " + " ".join(f"{c:>11}" for c in cols)
+    return "\n".join([head] + [f"{k:>10} " + " ".join(f"{f(rows[k][c]):>11}" for c in cols) for k in order])
 
 
 def format_table(rows: list[dict]) -> str:
     """The per-stage table as fixed-width text (printed by train_rm and evaluate)."""
-    cols = [
-        "stage",
-        "map_auroc",
-        "map_l1",
-        "triplet_acc",
-        "spearman",
-        "hr_gt_bicubic",
-        "clean_map",
-        "map_calib",
-        "local_sens",
-        "pol_auroc",
-        "pol_rank",
-    ]
+    cols = "stage map_auroc map_l1 triplet_acc spearman hr_gt_bicubic clean_map map_calib local_sens".split()
+    cols += ["pol_auroc", "pol_rank"]
     f = lambda x: "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
-    lines = [" ".join(f"{c:>13}" for c in cols)]
-    lines += [" ".join(f"{f(r.get(c)):>13}" for c in cols) for r in rows]
-    return "\n".join(lines)
+    head = " ".join(f"{c:>13}" for c in cols)
+    return "\n".join([head] + [" ".join(f"{f(r.get(c)):>13}" for c in cols) for r in rows])

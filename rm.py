@@ -1,25 +1,25 @@
-"""FinPercep-RM: a fine-grained perceptual reward model for image super-resolution (method.md §1, §3, §5).
+"""FinPercep-RM: a fine-grained perceptual reward model for image SR (docs/method.md §1, §3, §5).
 
     from rm import RMConfig, FinPercepRM, grow, rm_losses, reward, save_rm, load_rm
     rm = FinPercepRM(RMConfig(stage=0))         # RM_0: a plain global IQA, no decoder
     rm = grow(rm)                               # RM_1: + the coarsest decoder level and a map
     score, dmap = rm(images)                    # images (B, 3, H, W) in [0, 1]
 
-Contract (design.md): `forward(images) -> (score, dmap)`, score (B,) in [0, 1] with higher = better,
-dmap (B, 1, H, W) in [0, 1] with higher = more degraded, or None at stage 0. H and W must be
-multiples of the encoder's total stride, 2**n_stages (8 by default); `rm.stride` says which.
+Contract: score (B,) in [0, 1], higher = better; dmap (B, 1, H, W) in [0, 1], higher = more degraded, None
+at stage 0. H and W must be multiples of the total stride 2**n_stages (8 by default; `rm.stride`).
 
-The model in one picture (N = n_stages = 3, widths (16, 32, 64, 96)):
+The model in one picture (N = n_stages = 3, widths (12, 24, 48, 96): what train_rm trains and the shipped
+base has; RMConfig's default is (16, 32, 64, 96)):
 
-    image ─stem─▶ f_0 (1/1, 16) ─▶ f_1 (1/2, 32) ─▶ f_2 (1/4, 64) ─▶ f_3 = f_N (1/8, 96) = d_0
+    image ─stem─▶ f_0 (1/1, 12) ─▶ f_1 (1/2, 24) ─▶ f_2 (1/4, 48) ─▶ f_3 = f_N (1/8, 96) = d_0
     decoder level j = 1 … stage, at the size of f_{N-j}: d_j = convs(up2(lateral(d_{j-1})) + f_{N-j})
     logits z_j = up2(z_{j-1}) + head_j(d_j)   (z_1 = head_1(d_1)), at 1/2**(N-j) of the input
     dmap = sigmoid(up2 ∘ … ∘ up2 (z_stage))   to the input size
-    score = sigmoid(MLP([pool(f_N), pool(f_N ⊙ area_resize(dmap, f_N))]))
+    score = sigmoid(MLP([pool(f_N), pool(f_N ⊙ area_resize(dmap, f_N))])
+                    + stats_gain · W · [mean(dmap), smooth_max(dmap)])
 
-Stage k has exactly the modules it uses: decoder levels 1..k, map heads 1..k, and the map-pooled
-input of the score MLP from k >= 1 on. `grow` adds the next ones, initialised so the new model
-computes what the old one did (progressive parameter expansion, method.md §5).
+Stage k has exactly the modules it uses: decoder levels and map heads 1..k, and from k >= 1 the score's two
+map paths. `grow` adds the next ones so the new model computes what the old one did (docs/method.md §5).
 """
 
 import dataclasses
@@ -40,17 +40,15 @@ N_TEXTURE = 5 * len(SCALES)  # channels of metrics.texture_energy: 4 orientation
 
 @dataclasses.dataclass
 class RMConfig:
-    widths: tuple = (16, 32, 64, 96)  # stem, then one per stride-2 level: 0.22M (RM_0)..0.34M (RM_3) params
+    widths: tuple = (16, 32, 64, 96)  # stem + one per stride-2 level; train_rm trains (12, 24, 48, 96)
     n_stages: int = 3  # N: stride-2 levels = decoder levels = curriculum stages after RM_0
     stage: int = 0  # k in 0..N: RM_k has k decoder levels; its map is at 1/2**(N-k) of the input
     hidden: int = 128  # width of the score MLP's hidden layer
     groups: int = 8  # GroupNorm groups (not BatchNorm: a reward must not depend on the rest of the batch)
     map_bias: float = -2.0  # head_1 starts at sigmoid(-2) ≈ 0.12: label maps are mostly near zero
     texture_input: bool = True  # feed log texture energies (metrics.texture_energy) beside RGB; see stem
-    # The map statistics' weights in the score's logit want to be large (a 3 % change of mean(M) should
-    # move the logit by ~0.5: w ≈ −15), but Adam moves every weight by ~lr per step whatever its scale: a few
-    # hundred steps at lr 2e-3 reach only ~0.3. So the stored weight is multiplied by a fixed gain: the same
-    # function, 20× faster to learn.
+    # The map statistics' logit weights want to be large (w ≈ −15: a 3 % change of mean(M) moves the logit
+    # ~0.5), but Adam moves a weight by ~lr per step at any scale. A fixed gain: same function, 20× faster.
     stats_gain: float = 20.0
 
     def __post_init__(self):
@@ -64,12 +62,9 @@ class RMConfig:
 def conv_block(c_in: int, c_out: int, groups: int, stride: int = 1, n: int = 2) -> nn.Sequential:
     """n × (conv3x3 → GroupNorm → SiLU); the first conv carries the stride."""
     layers = []
-    for i in range(n):
-        layers += [
-            nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, stride if i == 0 else 1, 1),
-            nn.GroupNorm(math.gcd(groups, c_out), c_out),  # gcd: any width works, no divisibility rule
-            nn.SiLU(),
-        ]
+    for i in range(n):  # GroupNorm groups by gcd: any width works, no divisibility rule
+        conv = nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, stride if i == 0 else 1, 1)
+        layers += [conv, nn.GroupNorm(math.gcd(groups, c_out), c_out), nn.SiLU()]
     return nn.Sequential(*layers)
 
 
@@ -86,56 +81,37 @@ class FinPercepRM(nn.Module):
         self.cfg = cfg
         w, N, k = cfg.widths, cfg.n_stages, cfg.stage
         self.stage, self.n_stages, self.stride = k, N, 2**N
-        # Encoder: a light full-resolution stem (one conv: full-res convs dominate CPU time), then N
-        # stride-2 levels giving f_1..f_N (method.md §1). f_0 = the stem is the finest skip connection.
-        # [ours] The stem sees RGB and, when texture_input, the log of the image's own multi-scale texture
-        # energies (the label function's φ applied to the SR image alone: no reference involved). In log space
-        # a ratio of energies across scales is a difference, one linear filter away: "edges 4 px wide where
-        # natural images have 1 px edges" (blur), "energy at the finest scale only" (noise, checkerboard),
-        # "overshoot beside edges" (halos). Learning these from RGB alone took far more steps than a CPU
-        # budget allows (the maps stayed flat on blur, halos and painterly smoothing).
+        # Encoder (docs/method.md §1): a one-conv stem f_0 (full-res convs dominate CPU time), then N stride-2
+        # levels f_1..f_N. [ours] texture_input: the stem also sees the log of the image's own texture
+        # energies (φ without a reference), where a ratio across scales is one linear filter away: blur,
+        # noise, halos. From RGB alone they take more steps than a CPU budget has (docs/experiments.md).
         c_in = 3 + (N_TEXTURE if cfg.texture_input else 0)
         self.stem = conv_block(c_in, w[0], cfg.groups, n=1)
         self.down = nn.ModuleList(conv_block(w[i - 1], w[i], cfg.groups, stride=2) for i in range(1, N + 1))
-        # Decoder level j (1..k) works at the resolution of f_{N-j}, FPN style: a 1x1 conv brings the coarser
-        # decoder features to the skip's width (at the coarse size, where it is cheap), upsample ×2, add the
-        # skip f_{N-j}, then fuse with 3x3 convs. Adding rather than concatenating (U-Net) halves the fine
-        # convs' input: the finest levels dominate the cost on CPU. The full-res level (j = N) gets one conv.
+        # Decoder level j (1..k), FPN style at f_{N-j}'s size: 1x1 lateral conv (cheap, at the coarse size),
+        # up ×2, + skip f_{N-j}, 3x3 convs (one at full res). Adding, not concatenating, halves their input.
         self.lateral = nn.ModuleList(nn.Conv2d(w[N - j + 1], w[N - j], 1) for j in range(1, k + 1))
         self.up = nn.ModuleList(
             conv_block(w[N - j], w[N - j], cfg.groups, n=1 if j == N else 2) for j in range(1, k + 1)
         )
-        # One 1x1 map head per level. head_1 predicts logits; head_j (j >= 2) predicts a residual on top of
-        # the upsampled coarser logits and starts at zero, so a new finer level starts as "no change".
+        # 1x1 map heads: head_1 predicts logits, head_j (j >= 2) a zero-init residual on up2(z_{j-1}).
         self.heads = nn.ModuleList(nn.Conv2d(w[N - j], 1, 1) for j in range(1, k + 1))
         for j, head in enumerate(self.heads, 1):
-            if j == 1:
-                nn.init.normal_(head.weight, std=0.01)
-                nn.init.constant_(head.bias, cfg.map_bias)
-            else:
-                nn.init.zeros_(head.weight)
-                nn.init.zeros_(head.bias)
-        # Score MLP (method.md §1). [ours] The paper's S = MLP(pool(f_N ⊙ M)) zeroes every feature of a
-        # perfectly clean image (M = 0), so all clean images would get one and the same score. We feed the
-        # MLP both pool(f_N) (content, so clean images still get content-dependent scores) and
-        # pool(f_N ⊙ M) (the features of the degraded regions, weighted by how degraded), concatenated.
-        # A concatenation into a linear layer is a sum of two linear maps, written as fc_global + fc_map.
-        # fc_map starts at zero: RM_1 begins with RM_0's score while its map head learns; the gradient
-        # into fc_map is nonzero from the first step (its input is nonzero), so the coupling grows in,
-        # and from then on the score's gradient reaches the map.
+            nn.init.normal_(head.weight, std=0.01) if j == 1 else nn.init.zeros_(head.weight)
+            nn.init.constant_(head.bias, cfg.map_bias if j == 1 else 0.0)
+        # Score MLP (docs/method.md §1). [ours] The paper's S = MLP(pool(f_N ⊙ M)) gives every clean image
+        # (M = 0) one score, so the MLP reads [pool(f_N), pool(f_N ⊙ M)]: content, and the degraded regions'
+        # features. A concatenation into a linear layer is a sum: fc_global + fc_map.
         self.fc_global = nn.Linear(w[N], cfg.hidden)
         self.fc_map = nn.Linear(w[N], cfg.hidden, bias=False) if k >= 1 else None
-        if self.fc_map is not None:
-            nn.init.zeros_(self.fc_map.weight)
         self.out = nn.Linear(cfg.hidden, 1)
-        # [ours] A second, direct coupling: two map statistics, mean(M) ("how much is degraded") and the
-        # smooth max of M ("how bad is the worst region", method.md §4), enter the score's logit linearly.
-        # The pooled-feature path above must *learn* to read the map; this path reads it from the first step,
-        # so a defect the map sees moves the score even when it covers 3 % of the image. Zero-initialised
-        # for the same function-preserving reason as fc_map; it learns its (negative) weights quickly.
+        # [ours] A direct coupling: mean(M) ("how much is degraded") and smooth_max(M) ("how bad is the
+        # worst region", docs/method.md §4) enter the logit linearly. The pooled path must learn to read the
+        # map; this one reads it at once, so a defect on 3 % of the image moves the score.
         self.map_stats = nn.Linear(2, 1, bias=False) if k >= 1 else None
-        if self.map_stats is not None:
-            nn.init.zeros_(self.map_stats.weight)
+        # Both couplings start at zero (RM_1 starts as RM_0); their inputs are nonzero: they grow in at once.
+        for coupling in (self.fc_map, self.map_stats) if k >= 1 else ():
+            nn.init.zeros_(coupling.weight)
 
     def check(self, images: torch.Tensor) -> None:
         """One-line errors for inputs the model cannot take (the contract in the module docstring)."""
@@ -170,7 +146,7 @@ class FinPercepRM(nn.Module):
             for _ in range(N - k):  # bilinear to the input size, ×2 at a time (see up2)
                 z = up2(z)
             dmap = torch.sigmoid(z)  # M in [0, 1], higher = more degraded
-            # Coupling (method.md §1): area-resize M to f_N's size and gate the deepest features with it.
+            # Coupling (docs/method.md §1): area-resize M to f_N's size and gate the deepest features with it.
             # Taken from the full-size dmap, which growth preserves exactly, so the score is preserved too.
             gate = F.avg_pool2d(dmap, self.stride)
             h = h + self.fc_map((f_N * gate).mean(dim=(2, 3)))  # + W_map · pool(f_N ⊙ M)
@@ -201,17 +177,14 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def grow(model: FinPercepRM) -> FinPercepRM:
-    """RM_k -> RM_{k+1}: progressive parameter expansion (method.md §5), function-preserving at creation.
-
-    Every existing weight is copied. The new modules are: the next finer decoder level (random init; it only
-    reaches the output through its head), its map head (zero-init residual for k >= 1, so the map is RM_k's
-    map exactly; a fresh head for 0 -> 1), and for 0 -> 1 fc_map (zero-init, so the score is RM_0's)."""
+    """RM_k -> RM_{k+1}: progressive parameter expansion (docs/method.md §5), function-preserving at creation.
+    Every weight is copied. New: the next finer decoder level (random; it reaches the output only through its
+    head), its map head (zero residual for k >= 1: RM_k's map exactly), and for 0 -> 1 a fresh head_1 plus the
+    zero-init fc_map and map_stats (the score is RM_0's)."""
     if model.stage >= model.n_stages:
         raise ValueError(f"RM is already at the last stage ({model.stage}); nothing to grow")
-    p = next(model.parameters())
-    new = FinPercepRM(dataclasses.replace(model.cfg, stage=model.stage + 1)).to(
-        device=p.device, dtype=p.dtype
-    )
+    p, cfg = next(model.parameters()), dataclasses.replace(model.cfg, stage=model.stage + 1)
+    new = FinPercepRM(cfg).to(device=p.device, dtype=p.dtype)
     # strict=False: the keys missing from the old state dict are exactly the new modules, left at their init.
     unexpected = new.load_state_dict(model.state_dict(), strict=False).unexpected_keys
     assert not unexpected, unexpected  # every old weight has its place in the bigger model
@@ -219,7 +192,7 @@ def grow(model: FinPercepRM) -> FinPercepRM:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Losses (method.md §3). One batched forward on cat(I_GT, I_syn, I_SR): 3B images, one graph.
+# Losses (docs/method.md §3). One batched forward on cat(I_GT, I_syn, I_SR): 3B images, one graph.
 
 
 def rank_loss(s_gt, s_syn, s_sr, m1: float = 0.05, m2: float = 0.05) -> torch.Tensor:
@@ -229,32 +202,25 @@ def rank_loss(s_gt, s_syn, s_sr, m1: float = 0.05, m2: float = 0.05) -> torch.Te
 
 
 GROUP_SCORE = 20.0  # weight of L_group's score part beside its map part: gold gaps inside a group are ~0.01
-# λ_group, L_group's weight wherever the RM learns from policy samples: train_rm's default and co-evolution's
-# refresh (curriculum.CoEvolution). At 1 the policy samples crowded out the zoo in train_rm (the RM's levers,
-# docs/experiments.md); in co-evolution 0.3 and 1 gave the same gold (0.1834 vs 0.1835 ± 0.001, 3 seeds).
+# λ_group, L_group's weight wherever the RM learns from policy samples (train_rm's default, and the online
+# refresh, curriculum.CoEvolution): at 1 the policy samples crowd out the zoo (docs/experiments.md).
 LAM_GROUP = 0.3
 
 
 def map_loss(logits: torch.Tensor, target: torch.Tensor, bce: float = 0.25) -> torch.Tensor:
-    """L_map = |M - M_gt|_1 (method.md §3) + bce · BCE, at the stage's native map resolution.
-
-    The label map is area-downsampled (mean over each 2**(N-k) block) to the prediction's size, so a coarse
-    stage is asked for the average degradation of each block, not for detail it cannot represent.
-    [ours] The BCE term: L1's gradient is sign(M - M_gt), the same push for every pixel, and on mostly-zero
-    targets it drives maps toward black (a prototype lost ~0.05 AUROC). BCE on the logits pulls by
-    (M - M_gt) instead, so faint degradations are still fitted. Its minimum is the target's entropy, not 0."""
+    """L_map = |M - M_gt|_1 (docs/method.md §3) + bce · BCE at the stage's native map resolution, against the
+    label map area-downsampled to it (a coarse stage is asked for each block's mean). [ours] BCE: L1's push
+    sign(M - M_gt) is alike for all pixels and drives mostly-zero maps black (docs/experiments.md); BCE on
+    the logits pulls by M - M_gt, so faint degradations are fitted too (its minimum: the target's entropy)."""
     target = F.adaptive_avg_pool2d(target, logits.shape[-2:])  # area resize (exact: sizes divide)
     l1 = (torch.sigmoid(logits) - target).abs().mean()
-    if bce <= 0:
-        return l1
-    return l1 + bce * F.binary_cross_entropy_with_logits(logits, target)
+    return l1 if bce <= 0 else l1 + bce * F.binary_cross_entropy_with_logits(logits, target)
 
 
 def group_deviation(M: torch.Tensor, G: int) -> torch.Tensor:
     """(M_i − mean_j M_j) / (pixel-mean of std_j M_j + ε) over groups of G adjacent samples, (B·G, 1, H, W):
-    how much more degraded each pixel of a sample is than in the other samples of its group (the same LR),
-    in units of the group's typical spread. The RL local penalty is its negative (train_rl.local_penalty);
-    L_group (below) trains the map to get exactly this right."""
+    how much more degraded each pixel is than in the rest of its group (one LR), in units of the group's
+    spread. RL's local penalty is its negative (train_rl.local_penalty); L_group trains the map on it."""
     m = M.view(-1, G, *M.shape[1:])
     dev = m - m.mean(1, keepdim=True)
     scale = m.std(1, keepdim=True, unbiased=False).mean((2, 3, 4), keepdim=True)
@@ -263,13 +229,10 @@ def group_deviation(M: torch.Tensor, G: int) -> torch.Tensor:
 
 def group_loss(score, logits, gold, target, G: int) -> tuple[torch.Tensor, torch.Tensor]:
     """L_group [ours] = (score part, map part) on policy samples in groups of G of one LR: the comparison RL's
-    advantage makes (method.md "The RM must see what RL paints"). Inside a group gold quality varies by only
-    ~0.01, so a model that ranks different images well can still rank these backwards.
-    score: for each pair with gold_i > gold_j, relu((gold_i − gold_j) − (S_i − S_j)): the score gap must be
-      at least the gold gap (L_gold puts S on gold's scale, so the margin is the gold gap itself, and pairs
-      whose gold hardly differs ask for hardly anything).
-    map: |D(M) − D(M_gt)| with D = group_deviation at the stage's native resolution: the per-pixel,
-      within-group deviations the local penalty reads. Both means over the batch."""
+    advantage makes (docs/method.md "The RM must see what RL paints"). Gold varies by ~0.01 inside a group:
+    a model that ranks different images well can still rank these backwards.
+    score: relu((gold_i − gold_j) − (S_i − S_j)) for each pair with gold_i > gold_j: a score gap at least the
+    gold gap (L_gold puts S on gold's scale). map: |D(M) − D(M_gt)|, D = group_deviation, what RL reads."""
     s, q = score.view(-1, G), gold.view(-1, G)
     dq, ds = q[:, :, None] - q[:, None, :], s[:, :, None] - s[:, None, :]  # (groups, G, G) pairwise gaps
     ordered = (dq > 0).to(s)
@@ -282,53 +245,36 @@ def group_loss(score, logits, gold, target, G: int) -> tuple[torch.Tensor, torch
 
 
 def rm_losses(
-    model: FinPercepRM,
-    batch: dict,
-    base: nn.Module | None = None,
-    lam_map: float = 1.0,
-    lam_rank: float = 1.0,
-    lam_align: float = 1.0,
-    lam_gold: float = 0.0,
-    lam_group: float = 0.0,
-    m1: float = 0.05,
-    m2: float = 0.05,
-    bce: float = 0.25,
-):
+    model: FinPercepRM, batch: dict, base: nn.Module | None = None,
+    lam_map: float = 1.0, lam_rank: float = 1.0, lam_align: float = 1.0, lam_gold: float = 0.0,
+    lam_group: float = 0.0, m1: float = 0.05, m2: float = 0.05, bce: float = 0.25,
+):  # fmt: skip
     """L = λ_map L_map + λ_rank L_rank + λ_align L_align (+ λ_gold L_gold + λ_group L_group, ours).
-    Returns (total, parts).
-
+    Returns (total, parts), parts detached 0-dim tensors (no host sync: .item() once per logged step).
     batch: "gt", "syn", "sr" (B,3,H,W); "dmap_syn", "dmap_sr" (B,1,H,W) label maps in [0, 1]; optionally
-    "gold_gt", "gold_syn", "gold_sr" (B,) gold global quality in [0, 1] (e.g. 1 - mean(label map)), and
-    "group" = G when the last n·G entries of "sr" are policy samples in groups of G of one LR (L_group).
-    base: the frozen RM_0 for L_align (None: no align term, e.g. when training RM_0 itself).
-    parts: detached 0-dim tensors (no host sync here; call .item() once per logged step)."""
+    "gold_gt", "gold_syn", "gold_sr" (B,) gold quality in [0, 1] (1 - mean(label map)), and "group" = G,
+    "n_group" = n when the last n entries of "sr" are policy samples in groups of G of one LR (L_group).
+    base: the frozen RM_0 for L_align (None: no align term, e.g. when training RM_0 itself)."""
     gt, syn, sr = batch["gt"], batch["syn"], batch["sr"]
     B = gt.shape[0]
     out = model(torch.cat([gt, syn, sr]), full=True)  # model may be a DDP wrapper: call forward()
     s_gt, s_syn, s_sr = out["score"].split(B)
     zero = out["score"].new_zeros(())
-    parts = {"rank": rank_loss(s_gt, s_syn, s_sr, m1, m2)}  # L_rank: S_SR < S_syn < S_GT (§3)
+    parts = {"rank": rank_loss(s_gt, s_syn, s_sr, m1, m2), "map": zero, "align": zero}  # L_rank (§3)
     # L_map on all three images (§3 + ours): I_GT is clean (zeros), I_syn and I_SR have their own labels.
-    if out["logits"] is not None:
+    if out["logits"] is not None:  # RM_0 has no map
         target = torch.cat([torch.zeros_like(batch["dmap_syn"]), batch["dmap_syn"], batch["dmap_sr"]])
         parts["map"] = map_loss(out["logits"], target, bce)
-    else:
-        parts["map"] = zero  # RM_0 has no map
     # L_align = |S_GT - S_base(I_GT)|: a frozen RM_0 pins the score scale, so every stage means the same
     # number by the same score (§3; in the paper S_base is CLIP-IQA, here our own RM_0).
     if base is not None:
         with torch.no_grad():
             s_base = base(gt)[0]
         parts["align"] = (s_gt - s_base).abs().mean()
-    else:
-        parts["align"] = zero
-    # [ours] L_gold: regression of S to the gold global quality g = 1 - mean(label map), for every image that
-    # has one. RM_0 learns an absolute scale this way (ranking alone only orders); usable at any stage.
-    # Binary cross-entropy with the soft target g, on the logit: its gradient is S - g, which never vanishes.
-    # An L1 (or L2) on S itself is multiplied by the sigmoid's slope S(1 - S): golds crowd near 1 (clean ~1,
-    # syn ~0.96), so an untrained RM_0 sat at a constant S ≈ 0.96 with no gradient left (triplet acc 0.40).
-    logit_gt, logit_syn, logit_sr = out["logit"].split(B)
-    golds = [(z, batch.get(f"gold_{n}")) for z, n in ((logit_gt, "gt"), (logit_syn, "syn"), (logit_sr, "sr"))]
+    # [ours] L_gold: S regressed to the gold quality g = 1 - mean(label map) wherever there is one, so RM_0
+    # learns an absolute scale (ranking only orders). BCE on the logit with soft target g: its gradient S - g
+    # never vanishes, while an L1/L2 on S carries the sigmoid's slope S(1 - S), near 0 where golds crowd (~1).
+    golds = [(z, batch.get(f"gold_{n}")) for z, n in zip(out["logit"].split(B), ("gt", "syn", "sr"))]
     golds = [(z, g) for z, g in golds if g is not None]
     if lam_gold > 0 and not golds:
         raise ValueError("lam_gold > 0 but the batch has no gold_gt / gold_syn / gold_sr")
@@ -337,35 +283,24 @@ def rm_losses(
     # L_group on the policy samples at the end of "sr" (group_loss); the map part is in z units of the
     # group's spread, the score part in gold units (~0.01): GROUP_SCORE brings it to the same order.
     G, n = batch.get("group", 0), batch.get("n_group", 0)
+    parts["group"] = zero
     if lam_group > 0 and G and n:
         lg = out["logits"][3 * B - n :] if out["logits"] is not None else None
         ls, lm = group_loss(s_sr[-n:], lg, batch["gold_sr"][-n:], batch["dmap_sr"][-n:], G)
         parts["group"] = GROUP_SCORE * ls + lm
-    else:
-        parts["group"] = zero
-    total = (
-        lam_map * parts["map"]
-        + lam_rank * parts["rank"]
-        + lam_align * parts["align"]
-        + lam_gold * parts["gold"]
-        + lam_group * parts["group"]
-    )
-    parts = {name: v.detach() for name, v in parts.items()}
-    parts["total"] = total.detach()
-    return total, parts
+    total = (lam_map * parts["map"] + lam_rank * parts["rank"] + lam_align * parts["align"]
+             + lam_gold * parts["gold"] + lam_group * parts["group"])  # fmt: skip
+    return total, {name: v.detach() for name, v in {**parts, "total": total}.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
-# The reward handed to RL (method.md §4).
+# The reward handed to RL (docs/method.md §4).
 
 
 def smooth_max(dmap: torch.Tensor, topk: float = 0.01, tau: float | None = None) -> torch.Tensor:
-    """A differentiable spatial max of M per image, (B,1,H,W) -> (B,). The hard max would pass gradient to
-    one pixel only; both forms spread it over the worst region.
-
-    default: mean of the top `topk` fraction of pixels (at least one) - reads as "how bad the worst 1% is".
-    tau: τ·(logsumexp(M/τ) - log n). The -τ·log n keeps it between mean(M) and max(M), so in [0, 1]
-    (the plain τ·logsumexp(M/τ) of method.md §4 exceeds max(M) by up to τ·log n)."""
+    """A differentiable spatial max of M, (B,1,H,W) -> (B,), with gradient on the worst region, not one pixel:
+    the mean of the top `topk` fraction ("how bad the worst 1 % is"), or with tau τ·(logsumexp(M/τ) - log n),
+    in [mean(M), max(M)] (docs/method.md §4's plain τ·logsumexp(M/τ) exceeds max(M) by up to τ·log n)."""
     m = dmap.flatten(1)
     if tau is not None:
         return tau * (torch.logsumexp(m / tau, dim=1) - math.log(m.shape[1]))
@@ -374,19 +309,17 @@ def smooth_max(dmap: torch.Tensor, topk: float = 0.01, tau: float | None = None)
 
 
 def reward(score, dmap, fused=False, lam1=0.5, lam2=0.5, topk=0.01, tau=None) -> torch.Tensor:
-    """The reward for RL from an RM's output (score, dmap), (B,), differentiable (ReFL backpropagates it).
-
-    plain: the map-coupled score S (already sensitive to local defects through the gate, method.md §1).
-    fused: R = λ1·S + λ2·(1 - smooth_max(M)) (method.md §4): the worst region counts directly.
-    Stage 0 (dmap None) has no map, so it is always the score alone. With λ1 + λ2 = 1 it stays in [0, 1].
-    Taking the output rather than the model: the policy-gradient loop also needs the map, one forward."""
+    """The reward for RL, (B,), differentiable (ReFL), from an RM's output (the PG loop needs the map too).
+    plain: the map-coupled score S (already sensitive to local defects through the gate, docs/method.md §1).
+    fused: R = λ1·S + λ2·(1 - smooth_max(M)) (docs/method.md §4), in [0, 1] when λ1 + λ2 = 1: the worst
+    region counts directly. Stage 0 (dmap None) has no map: the score alone."""
     if not fused or dmap is None:
         return score
     return lam1 * score + lam2 * (1 - smooth_max(dmap, topk, tau))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checkpoints (design.md): a directory with model.safetensors + rm.json, written atomically.
+# Checkpoints: a directory with model.safetensors + rm.json (kind "rm"), written atomically.
 
 
 def save_rm(model: FinPercepRM, path: str, extra: dict | None = None) -> None:
