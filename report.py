@@ -37,8 +37,9 @@ import images
 import rundir
 import train_rm
 import validation
-from metrics import format_table, label_map, policy_metrics, validate
+from metrics import label_map
 from policy import load_policy
+from validation import format_table, policy_metrics, validate
 
 # ----------------------------------------------------------------------------------------------------
 # The runs: evaluate.train_all's sub-configs and reuse rule (make's), and what each run logged
@@ -217,7 +218,7 @@ def arm_table(results: dict, extra: list) -> str:
 
 
 def rm_table(rows: list) -> str:
-    """Rows of dicts with a "stage" (metrics.validate, metrics.policy_metrics) as a table; None reads '—'."""
+    """Rows of dicts with a "stage" (validation.validate, .policy_metrics) as a table; None reads '—'."""
     keys = [k for k in rows[0] if k != "stage"]
     f = lambda x: "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
     return md_table(["stage"] + keys, [[f"RM_{r['stage']}"] + [f(r[k]) for k in keys] for r in rows])
@@ -376,10 +377,10 @@ RM_0, RM_N = the proxies' mean scores; hacking gap = Δproxy z − Δgold z agai
 outputs; proxy = the stage the arm optimised last), shown minus the placebo's (what noise alone does);
 tail std = std of reward_final over the last 20 % of RL steps. {iqa_msg}
 
-## Reward-model stages (metrics.validate on train_rm's held-out triplets)
+## Reward-model stages (validation.validate on train_rm's held-out triplets)
 {rm_table(rm_rows)}
 
-## Reward models on what the policies paint (metrics.policy_metrics)
+## Reward models on what the policies paint (validation.policy_metrics)
 G = 4 samples of each of {cfg.eval_n // 2} held-out LR crops per policy (training seed 0): pol_auroc = the
 map's AUROC against the gold map (> 0.1), pol_rank = within-group rank correlation of the score with gold
 quality (what the RL advantage compares). The global arm's policy is the one that hacked RM_0.

@@ -40,7 +40,6 @@ import rundir
 import scale
 import validation
 from curriculum import rm_difficulty
-from metrics import format_members, format_table, validate
 
 
 @dataclass
@@ -221,7 +220,7 @@ def finish_stage(cfg, model, v, stage: int, n_steps: int, rows: list, log, t0: f
     is blind to), save it with the crop it learned on (evaluate's score tiles at it) and what made it, log the
     row, mark the stage boundary in state.pt, print the table."""
     name = data.member_name if stage == cfg.n_stages else None
-    r = {"stage": stage, **validate(model, v, member_name=name)}
+    r = {"stage": stage, **validation.validate(model, v, member_name=name)}
     members = r.pop("members", None)  # beside the row, not in it: the table's rows stay flat
     made_by = validation.provenance(model, r, t0, commit)  # command, commit, time, held-out numbers
     extra = {"trained_steps": n_steps, "crop": cfg.crop, "made_by": made_by}
@@ -231,10 +230,10 @@ def finish_stage(cfg, model, v, stage: int, n_steps: int, rows: list, log, t0: f
     log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
     log.flush()
     save_state(cfg, stage + 1, 0, rows)  # a stage boundary: the weights are in rm_stage{k}/
-    print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + format_table(rows))
+    print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + validation.format_table(rows))
     if members:
         print(f"RM_{stage} by zoo member ({cfg.val_n} held-out triplets; few per member, so noisy:"
-              f" raise --val_n for a firmer split)\n" + format_members(members))  # fmt: skip
+              f" raise --val_n for a firmer split)\n" + validation.format_members(members))  # fmt: skip
 
 
 def policy_samples(cfg, pool, v, dev):

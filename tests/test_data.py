@@ -83,8 +83,8 @@ def test_group_triplets_keep_groups_at_the_end():
 def test_fgr_batch_member_names_the_maker():
     """ "member" says which zoo member made each I_SR: checked against the classical upsamplers recomputed
     here from the batch's own HR (degradation 0 is deterministic), and validate's split by member adds up."""
-    from metrics import validate
     from rm import FinPercepRM, RMConfig
+    from validation import validate
 
     pool = images.ImagePool(
         [images.procedural_images(1, 96, torch.Generator().manual_seed(i))[0] for i in range(3)], crop=32

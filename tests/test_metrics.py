@@ -90,7 +90,7 @@ def test_label_map_shape_mismatch_is_clear_error(pair):
 
 
 def test_map_calibration_hand_computed():
-    from metrics import map_calibration
+    from validation import map_calibration
 
     label = torch.tensor([0.0, 0.05, 0.2, 0.6]).view(1, 1, 2, 2)  # degraded region: the last two (> 0.1)
     assert map_calibration(label, label) == pytest.approx(1.0)
