@@ -105,6 +105,14 @@ def open_log(cfg, script: str, keep=None):
     return open(path, "a")
 
 
+def save_state(out_dir: str, **state) -> None:
+    """out_dir/state.pt for --resume, written atomically by rank 0 (the weights agree on every rank): tensors,
+    numbers and strings only (it loads with weights_only=True); an object goes in as its state_dict()."""
+    if is_main():
+        state = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in state.items()}
+        torch_save_atomic(state, os.path.join(out_dir, "state.pt"))
+
+
 def torch_save_atomic(obj, path: str) -> None:
     """torch.save to a temporary file then rename. Resume state holds tensors, numbers, strings only."""
     tmp = f"{path}.tmp"

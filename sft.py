@@ -62,13 +62,11 @@ def train_sft(cfg, pool, dev, log, st=None):
     # The loop: cosine learning rate, one batch from (seed, step, rank), the denoising loss, the NaN guard,
     # a log row every 10 steps and a resume point every ckpt_every; Ctrl-C saves the state first.
 
-    def save_state():  # one writer, rank 0; the weights are the same on every rank
-        state = {"phase": "sft", "step": resume_at, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
-        rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt")) if main_rank else None
+    save = lambda: rundir.save_state(cfg.out_dir, phase="sft", step=resume_at, unet=policy.unet, opt=opt)
 
     bar = tqdm(range(start, cfg.sft_steps), desc=f"SFT (residual scale {policy.cfg.residual_scale:.1f})",
                initial=start, total=cfg.sft_steps, disable=not main_rank)  # fmt: skip
-    with rundir.saved_on_interrupt(save_state, lambda: f"SFT step {resume_at}"):
+    with rundir.saved_on_interrupt(save, lambda: f"SFT step {resume_at}"):
         for step in bar:
             for group in opt.param_groups:  # cosine decay to 2 % of the peak rate
                 group["lr"] = config.cosine_lr(cfg.sft_lr, step, cfg.sft_steps)
@@ -89,7 +87,7 @@ def train_sft(cfg, pool, dev, log, st=None):
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             resume_at = step + 1
             if resume_at % cfg.ckpt_every == 0:
-                save_state()
+                save()
     nan.done()  # the last steps non-finite: a failed run (exit non-zero), nothing saved
     policy.eval()
     if main_rank:  # rank 0 checks, saves and reports; the others wait for the file, then go on to RL

@@ -426,11 +426,10 @@ def resume(st, policy, opt, sched, coevo, main_rank) -> int:
 
 
 def save_state(cfg, step, policy, opt, sched, coevo) -> None:
-    """state.pt (tensors, numbers and strings only), written by rank 0: the weights agree on every rank."""
-    if scale.is_main():
-        state = {"phase": "rl", "step": step, "unet": policy.unet.state_dict(), "opt": opt.state_dict()}
-        state.update(sched=json.dumps(sched.state_dict()), **(coevo.state_dict() if coevo else {}))
-        rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt"))
+    """state.pt: the step, the UNet, AdamW, the schedule and the refreshed RMs (rundir.save_state)."""
+    refreshed = coevo.state_dict() if coevo else {}  # --coevolve: the RMs and their optimisers
+    rundir.save_state(cfg.out_dir, phase="rl", step=step, unet=policy.unet, opt=opt,
+                      sched=json.dumps(sched.state_dict()), **refreshed)  # fmt: skip
 
 
 if __name__ == "__main__":

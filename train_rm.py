@@ -148,7 +148,8 @@ def main(cfg: Config) -> str:
         model = rm.FinPercepRM(rm.RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
     nan, t0, commit = rundir.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
     opt, stage, resume_at = None, start_stage, start_step  # where a Ctrl-C would continue from
-    save = lambda: save_state(cfg, stage, resume_at, rows, model, opt)
+    save = lambda: rundir.save_state(cfg.out_dir, stage=stage, step=resume_at, rows=json.dumps(rows),
+                                     **({"model": model, "opt": opt} if opt is not None else {}))  # fmt: skip
     with rundir.saved_on_interrupt(save, lambda: f"RM_{stage} step {resume_at}"):
         for stage in range(start_stage, cfg.n_stages + 1):
             #### GROWTH: RM_k from RM_{k-1}, one finer decoder level, function-preserving (method §5)
@@ -229,7 +230,7 @@ def finish_stage(cfg, model, v, stage: int, n_steps: int, rows: list, log, t0: f
     row = {"step": n_steps, "phase": "rm", "stage": stage, "val": r}
     log.write(json.dumps({**row, **({"val_members": members} if members else {})}) + "\n")
     log.flush()
-    save_state(cfg, stage + 1, 0, rows)  # a stage boundary: the weights are in rm_stage{k}/
+    rundir.save_state(cfg.out_dir, stage=stage + 1, step=0, rows=json.dumps(rows))  # weights: rm_stage{k}/
     print(f"RM_{stage} done ({time.time() - t0:.0f}s)\n" + validation.format_table(rows))
     if members:
         print(f"RM_{stage} by zoo member ({cfg.val_n} held-out triplets; few per member, so noisy:"
@@ -239,8 +240,14 @@ def finish_stage(cfg, model, v, stage: int, n_steps: int, rows: list, log, t0: f
 def policy_samples(cfg, pool, v, dev):
     """--policy: (the SR-zoo hook that samples the policies, the bank of groups for L_group); on rank 0 also a
     held-out bank in v for the validation table (v["policy"])."""
+    from policy import load_policy  # here: train_rm needs diffusers only with --policy
+
+    # The given policies (e.g. the SFT policy, RL checkpoints) and drifted copies of the first (drift()):
+    # drifts are Adam steps per copy, a 0 among them keeps the given ones.
+    given = [load_policy(d, dev) for d in cfg.policy.split(",") if d]
     g = config.generator("rm/policies", cfg.seed)
-    pols = policies(cfg.policy, cfg.drifts, cfg.drift_lr, pool, cfg.crop, g, dev)
+    drifted = [drift(given[0], k, cfg.drift_lr, pool, cfg.crop, g) for k in cfg.drifts if k > 0]
+    pols = (given if 0 in cfg.drifts else []) + drifted or given
     bank = policy_bank(pols, pool, cfg.bank, cfg.bank_group, cfg.crop, config.generator("rm/bank", cfg.seed))
     if v is not None:
         g, held = config.generator("rm/val_bank", cfg.seed), images.heldout_pool(cfg.data, cfg.crop)
@@ -251,13 +258,6 @@ def policy_samples(cfg, pool, v, dev):
 # ----------------------------------------------------------------------------------------------------
 # Resume, at the edges: state.pt holds where to go on (stage, step), the finished stages' validation rows,
 # and — inside a stage — its weights and AdamW moments (the finished stages' weights are in rm_stage{k}/).
-
-
-def save_state(cfg, stage: int, step: int, rows: list, model=None, opt=None) -> None:
-    if scale.is_main():  # rank 0 writes; the weights agree on every rank
-        weights = {"model": model.state_dict(), "opt": opt.state_dict()} if opt is not None else {}
-        state = {"stage": stage, "step": step, "rows": json.dumps(rows), **weights}
-        rundir.torch_save_atomic(state, os.path.join(cfg.out_dir, "state.pt"))
 
 
 def resume_filter(st):
@@ -347,16 +347,6 @@ def policy_groups(policy, hr: torch.Tensor, lr: torch.Tensor, G: int, g: torch.G
     lr_g, hr_g = lr.repeat_interleave(G, 0).to(dev), hr.repeat_interleave(G, 0).to(dev)
     gen = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (), generator=g)))
     return data.labelled_groups(policy.upscale(lr_g, generator=gen), hr_g, G)
-
-
-def policies(policy_dirs: str, drifts: tuple, drift_lr: float, pool, crop: int, g, dev) -> list:
-    """The given policies (comma-separated dirs) and drifted copies of the first (drift(): drifts = Adam steps
-    per copy; a 0 among them keeps the given ones)."""
-    from policy import load_policy
-
-    given = [load_policy(d, dev) for d in policy_dirs.split(",") if d]  # e.g. the SFT policy, RL checkpoints
-    drifted = [drift(given[0], k, drift_lr, pool, crop, g) for k in drifts if k > 0]
-    return (given if 0 in drifts else []) + drifted or given
 
 
 def policy_member(pols: list):
