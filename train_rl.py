@@ -270,7 +270,7 @@ def main(cfg: Config) -> str:
             if cfg.switch == "plateau":
                 sched.update(step, float(stats["reward"]))
             #### LOG: what was optimised, RM_N's view, the gold judge — hacking shows as reward up, gold not
-            row = log_row(step, stage, weights, stats, share, cfg, main_rank)
+            row = log_row(step, stage, weights, stats, share)
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.set_postfix(stage=stage, r=f"{row['reward']:.3f}", rN=f"{row['reward_final']:.3f}",
@@ -325,8 +325,8 @@ def pg_update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt):
              "clip_frac": clip_frac, "flat_groups": validation.flat_groups(r, M, G),
              **{f"reward_var{s}": rewards[s].var(unbiased=False) for s in rewards}}  # fmt: skip
     # Once per run: each DDIM step's share of the gradient norm, with its σ (what the σ floor leaves out).
-    norms = validation.step_grad_norms(policy, traj, lr_g[:G], adv[:G]) if step == 0 else None
-    return sr, hr_g, loss, stats, norms and list(zip(norms, traj.std))
+    share = validation.grad_share(policy, traj, lr_g[:G], adv[:G], cfg.sigma_min) if step == 0 else {}
+    return sr, hr_g, loss, stats, share
 
 
 def refl_update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt):
@@ -344,7 +344,7 @@ def refl_update(policy, ref, source, weights, hr, lr, gen, step, cfg, opt):
     loss.backward()
     r = r.detach()
     stats = {"reward": r.mean(), "reward_std": r.std(unbiased=False), "reward_var": r.var(unbiased=False)}
-    return sr.detach(), hr, loss, stats, None
+    return sr.detach(), hr, loss, stats, {}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,18 +384,10 @@ def sft_weight(cfg) -> float:
     return cfg.lam_sft if cfg.lam_sft >= 0 else LAM_SFT[cfg.algo]
 
 
-def log_row(step, stage, weights, stats, share, cfg, main_rank) -> dict:
-    """A step's metrics.jsonl row (step, phase, stage, blend, the stats); step 0 adds each DDIM step's
-    gradient share and σ."""
+def log_row(step, stage, weights, stats, share) -> dict:
+    """A step's metrics.jsonl row: step, phase, stage, blend, the stats (and pg's step-0 gradient shares)."""
     row = {"step": step, "phase": "rl", "stage": stage, "blend": weights[-1][1], "weights": weights}
-    row.update({k: float(v) for k, v in stats.items()})
-    if share:
-        total = sum(n for n, _ in share)
-        row.update(grad_share=[n / total for n, _ in share], step_std=[sd for _, sd in share])
-        cells = [f"{n / total:.3f} ({sd:.2f}{'*' if sd < cfg.sigma_min else ''})" for n, sd in share]
-        msg = "gradient-norm share per DDIM step (its σ; * = below the floor, never trained): "
-        print(msg + "  ".join(cells)) if main_rank else None
-    return row
+    return {**row, **{k: float(v) for k, v in stats.items()}, **share}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 import config
 import data
 import images
+import scale
 from curriculum import val_difficulty
 from metrics import label_map, psnr_y
 
@@ -214,14 +215,18 @@ def flat_groups(r: torch.Tensor, M, G: int) -> torch.Tensor:
     return flat.sum().float()
 
 
-def step_grad_norms(policy, traj, lr: torch.Tensor, adv: torch.Tensor) -> list:
-    """‖∇ of each step's surrogate −mean(A·logp_k)‖ for every k of a trajectory of these samples (lr, adv per
-    sample), trained or not; autograd.grad leaves .grad untouched. RL logs it once per run (grad_share): the
-    σ floor's effect, visible."""
+def grad_share(policy, traj, lr: torch.Tensor, adv: torch.Tensor, sigma_min: float) -> dict:
+    """Each DDIM step's share of the gradient norm ‖∇ −mean(A·logp_k)‖ over a trajectory of these samples
+    (lr, adv per sample), trained or not, with its σ: printed and logged once per pg run (grad_share,
+    step_std), the σ floor's effect made visible. autograd.grad leaves .grad untouched."""
     params = [p for p in policy.unet.parameters() if p.requires_grad]
     norms, n = [], len(lr)
     for k in range(traj.logprob.shape[0]):
         logp = policy.step_logprob(traj.x[k][:n], traj.x[k + 1][:n], traj.t[k], lr, traj.steps, traj.eta)
         grads = torch.autograd.grad(-(adv * logp).mean(), params)
         norms.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
-    return norms
+    share = [x / sum(norms) for x in norms]
+    cells = [f"{s:.3f} ({sd:.2f}{'*' if sd < sigma_min else ''})" for s, sd in zip(share, traj.std)]
+    msg = "gradient-norm share per DDIM step (its σ; * = below the floor, never trained): "
+    print(msg + "  ".join(cells)) if scale.is_main() else None
+    return {"grad_share": share, "step_std": list(traj.std)}
