@@ -1,5 +1,5 @@
-"""The paper's Co-evolutionary Curriculum Learning (CCL, docs/method.md §5): the one place its schedules live,
-plus our online refresh of the RM during RL (--coevolve, CoEvolution below; not part of CCL).
+"""The paper's Co-evolutionary Curriculum Learning (CCL, docs/method.md §5): the one place its schedules live.
+(Our online refresh of the RM during RL, --coevolve, is not part of CCL: refresh.py.)
 
 Reward side (train_rm.py): the data difficulty of each RM stage RM_0 … RM_N. Early stages see large, strong
 artifacts (a coarse notion of "bad"); later stages small, subtle ones, which their finer maps can resolve.
@@ -8,15 +8,7 @@ artifacts (a coarse notion of "bad"); later stages small, subtle ones, which the
     rm_difficulty(0, 3)   # Difficulty(area=0.35, artifact=1.0, degrade=0.5)
     rm_difficulty(3, 3)   # Difficulty(area=0.08, artifact=0.5, degrade=0.5)"""
 
-import copy
-
-import torch
-
-import config
-import data
-import scale
 from data import Difficulty
-from rm import LAM_GROUP, freeze, rm_losses
 
 # [ours] The paper gives no numbers. The endpoints: RM_0 learns a global score, so its regions cover a third
 # of the image and artifacts are at full strength; RM_N localises, so regions shrink to ~8 % of the image
@@ -116,65 +108,3 @@ class Schedule:
 
     def load_state_dict(self, st: dict) -> None:
         self.starts, self.history = [int(s) for s in st["starts"]], [float(h) for h in st["history"]]
-
-
-# ----------------------------------------------------------------------------------------------------
-# The online refresh (--coevolve) [ours, beyond the paper; not CCL]: a frozen RM knows the zoo, but a policy
-# under RL soon paints things no zoo had (docs/method.md "The RM must see what RL paints"). So every
-# coevolve_every RL steps the RM stage in use takes a few AdamW steps on the rollout itself, labelled
-# against HR (known in training): FGR triplets of the policy's groups plus L_group, mixed with zoo triplets
-# so it keeps what it knew (cf. Adv-GRPO). It works on copies: the RMs under --rm_dir are only read.
-
-
-class CoEvolution:
-    def __init__(self, rms: list, pool, cfg, dev):
-        self.rms = [copy.deepcopy(r) for r in rms]  # the live reward models; rms itself stays as it was
-        self.base = rms[0]  # S_base for L_align: the original, frozen RM_0
-        self.pool, self.cfg, self.dev = pool, cfg, dev
-        self.opts = {}  # one AdamW per stage, made when the stage is first refreshed
-
-    def _opt(self, stage: int):
-        if stage not in self.opts:
-            self.opts[stage] = torch.optim.AdamW(self.rms[stage].parameters(), lr=self.cfg.coevolve_lr)
-        return self.opts[stage]
-
-    def state_dict(self) -> dict:
-        """For --resume: every live stage's weights and the optimisers made so far (tensors and numbers)."""
-        st = {f"rm{k}": r.state_dict() for k, r in enumerate(self.rms)}
-        return st | {f"rm_opt{k}": o.state_dict() for k, o in self.opts.items()}
-
-    def load_state_dict(self, st: dict) -> None:
-        for k, r in enumerate(self.rms):
-            r.load_state_dict(st[f"rm{k}"])
-            if f"rm_opt{k}" in st:
-                self._opt(k).load_state_dict(st[f"rm_opt{k}"])
-
-    def due(self, step: int) -> bool:
-        """Is RL step `step` followed by a refresh? (every coevolve_every steps; ≤ 0 = never)"""
-        return self.cfg.coevolve_every > 0 and (step + 1) % self.cfg.coevolve_every == 0
-
-    def refresh(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
-        """After RL step `step`, when due: rank 0 refreshes RM_stage on this rollout (no collectives inside),
-        then every rank gets its weights, in place: whoever holds self.rms[stage] sees them."""
-        if self.due(step):
-            if scale.is_main():
-                self.step(step, stage, sr, hr, G)
-            scale.broadcast_module(self.rms[stage])
-
-    def step(self, step: int, stage: int, sr: torch.Tensor, hr: torch.Tensor, G: int) -> None:
-        """Refresh RM_stage on RL step `step`'s rollout, labelled against HR: sr (B·G, 3, H, W), each LR's G
-        samples adjacent, hr matching."""
-        cfg, model = self.cfg, self.rms[stage].train().requires_grad_(True)
-        opt = self._opt(stage)
-        g = config.generator("rl/coevolve", cfg.seed, step)
-        groups, diff = data.labelled_groups(sr, hr, G), rm_difficulty(stage, len(self.rms) - 1)
-        for _ in range(cfg.coevolve_steps):
-            zoo = data.fgr_batch(self.pool, cfg.coevolve_zoo, hr.shape[-1], diff, g, device=self.dev)
-            batch = data.merge(zoo, data.group_triplets(groups, len(sr) // G, diff.area, g))
-            base = self.base if stage > 0 else None  # RM_0 is its own anchor
-            loss, _ = rm_losses(model, batch, base, lam_gold=1.0, lam_group=LAM_GROUP if G > 1 else 0.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        freeze(model)

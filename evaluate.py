@@ -110,7 +110,7 @@ CLAIMS = [
     ("No curriculum is less stable (tail std of reward_final)", "none", "ccl", "tail_std", 1),
     ("No curriculum ends worse on gold", "none", "ccl", "gold", 1),
     ("The map carries the signal: oracle_map beats oracle_score", "oracle_map", "oracle_score", "gold", -1),
-    ("Co-evolution helps: ccl_coevolve beats ccl on gold", "ccl_coevolve", "ccl", "gold", -1),
+    ("The online refresh helps: ccl_coevolve beats ccl on gold", "ccl_coevolve", "ccl", "gold", -1),
 ]  # fmt: skip
 HACK_CLAIM = "The global reward hacks: its proxy RM_0 rises above the placebo's, its gold does not improve"
 

@@ -203,7 +203,7 @@ def rank_loss(s_gt, s_syn, s_sr, m1: float = 0.05, m2: float = 0.05) -> torch.Te
 
 GROUP_SCORE = 20.0  # weight of L_group's score part beside its map part: gold gaps inside a group are ~0.01
 # λ_group, L_group's weight wherever the RM learns from policy samples (train_rm's default, and the online
-# refresh, curriculum.CoEvolution): at 1 the policy samples crowd out the zoo (docs/experiments.md).
+# refresh, refresh.OnlineRefresh): at 1 the policy samples crowd out the zoo (docs/experiments.md).
 LAM_GROUP = 0.3
 
 

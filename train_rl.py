@@ -33,9 +33,10 @@ import rundir
 import scale
 import sft
 import validation
-from curriculum import CoEvolution, Schedule
+from curriculum import Schedule
 from metrics import lr_consistency
 from policy import load_policy, save_policy
+from refresh import OnlineRefresh
 from rewards import make_source, reward_and_map
 from rm import group_deviation, load_stages, save_rm
 
@@ -56,7 +57,7 @@ class Config:
     curriculum: str = "ccl"  # ccl | none (RM_N throughout) | global (RM_0 throughout)
     switch: str = "fixed"  # fixed (at fractions of the run) | plateau (when the reward's average stalls)
     blend: int = 10  # steps of linear blend between consecutive RM stages
-    coevolve: bool = False  # online refresh: the RM stage in use learns from the rollouts (curriculum.py)
+    coevolve: bool = False  # online refresh: the RM stage in use learns from the rollouts (refresh.py)
     coevolve_every: int = 5  # RL steps between RM refreshes
     coevolve_steps: int = 2  # AdamW steps per refresh, each on the rollout's groups + coevolve_zoo triplets
     coevolve_zoo: int = 8  # zoo triplets per refresh step: the RM must not forget the zoo
@@ -219,8 +220,8 @@ def main(cfg: Config) -> str:
         log.close()
         return cfg.out_dir
     # The reward source (rewards.py) gives the reward; RM_N also judges every run (reward_final), whatever
-    # its source, so the curves of all arms compare. --coevolve refreshes copies of the RMs (curriculum.py).
-    coevo = CoEvolution(rms, pool, cfg, dev) if cfg.coevolve else None
+    # its source, so the curves of all arms compare. --coevolve refreshes copies of the RMs (refresh.py).
+    coevo = OnlineRefresh(rms, pool, cfg, dev) if cfg.coevolve else None
     for r in rms:  # --compile: the frozen RMs' forwards too
         scale.compile_module(r, dev, cfg.compile)
     source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
@@ -411,7 +412,7 @@ def resume(st, policy, opt, sched, coevo, main_rank) -> int:
     policy.unet.load_state_dict(st["unet"])
     opt.load_state_dict(st["opt"])
     sched.load_state_dict(json.loads(st["sched"]))
-    if coevo is not None:  # the co-evolved RMs and their optimisers, as they were at that step
+    if coevo is not None:  # the refreshed RMs and their optimisers, as they were at that step
         coevo.load_state_dict(st)
     print(f"resuming RL at step {st['step']}") if main_rank else None
     return int(st["step"])

@@ -164,7 +164,7 @@ def eval_dir(tmp_path_factory):
     return out
 
 
-def test_controls_all_adds_the_global_ceiling_and_coevolution():
+def test_controls_all_adds_the_global_ceiling_and_the_online_refresh():
     default = [name for name, _, _ in evaluate.arm_list(evaluate.Config())]
     every = {name: kw for name, _, kw in evaluate.arm_list(evaluate.Config(controls="all"))}
     assert set(every) - set(default) == {
