@@ -67,7 +67,7 @@ def test_label_map_higher_inside_swapped_region():
 
 def test_label_map_sees_blur_and_invented_texture():
     """The feature term is what makes blur a defect: its share of the map must be large for a blurred
-    image even though the pixel error is small (method.md §2, pixel + feature beats pixel alone)."""
+    image even though the pixel error is small (docs/method.md §2, pixel + feature beats pixel alone)."""
     g = torch.Generator().manual_seed(2)
     hr = images.load_pool("builtin", "train", crop=64).crops(16, 64, g)
     blur = data.upsample(data.degrade(hr, 0.0))

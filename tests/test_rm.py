@@ -161,7 +161,7 @@ def toy_batch(B: int = 4):
     sr = (gt + 0.3 * torch.randn_like(gt)).clamp(0, 1)
     mask = torch.zeros(B, 1, 32, 32)
     mask[..., :16] = 1
-    syn = mask * sr + (1 - mask) * gt  # region swap (method.md §2)
+    syn = mask * sr + (1 - mask) * gt  # region swap (docs/method.md §2)
     gold = lambda m: 1 - m.mean(dim=(1, 2, 3))
     ones = torch.ones_like(mask)
     return {"gt": gt, "syn": syn, "sr": sr, "dmap_syn": mask, "dmap_sr": ones}, gold(mask), gold(ones)
