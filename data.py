@@ -136,22 +136,16 @@ def member_name(i: int) -> str:
     return MEMBERS[i] if i < len(MEMBERS) else f"hook{i - len(MEMBERS)}"
 
 
-def sr_zoo(
-    hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3, p_hooks=None, with_member=False
-):
+def sr_zoo(hr, strength, g, lr_strength=0.0, sr_models=None, p_classical=0.3, with_member=False):
     """I_SR for a batch: one zoo member per sample, classical with p_classical, else procedural or a hook
     (`sr_models`: extra makers f(hr, lr, strength, g) -> sr, e.g. a policy's sampler; equal members of the
-    procedural group unless p_hooks fixes their share). with_member: (sr, member (B,) indices into MEMBERS).
+    procedural group). with_member: (sr, member (B,) indices into MEMBERS).
     The LR (Pillow, the costliest part) is made only for makers that read it; one call per member."""
     hooks, P = list(sr_models or []), len(ZOO) - 3  # ZOO: the 3 classical upsamplers, then P procedural
     makers, reads_lr = list(ZOO.values()) + hooks, [True] * 3 + [False] * P + [True] * len(hooks)
     B = hr.shape[0]
     u = torch.rand(B, generator=g)
     pick = 3 + torch.randint(P + len(hooks), (B,), generator=g)  # procedural or hook
-    if hooks and p_hooks is not None:  # a fixed share for the hooks
-        use_hook = torch.rand(B, generator=g) < p_hooks
-        hook = 3 + P + torch.randint(len(hooks), (B,), generator=g)
-        pick = torch.where(use_hook, hook, 3 + torch.randint(P, (B,), generator=g))
     pick = torch.where(u < p_classical, torch.randint(3, (B,), generator=g), pick)  # classical first
     s = strength * (0.5 + 0.5 * torch.rand(B, generator=g))  # per-sample strength in [s/2, s]
     out = torch.empty_like(hr)
@@ -214,7 +208,7 @@ class Difficulty:
 def fgr_batch(pool, n, size, diff: Difficulty, g, sr_models=None, device="cpu", **zoo_kw) -> dict:
     """A batch of FGR triplets as a dict of tensors on `device`: gt, syn, sr (n, 3, S, S); mask, dmap_syn,
     dmap_sr (n, 1, S, S); gold_gt, gold_syn, gold_sr (n,); member (n,), each I_SR's zoo member (MEMBERS).
-    One LR degradation strength per batch; zoo_kw: sr_zoo's p_classical, p_hooks."""
+    One LR degradation strength per batch; zoo_kw: sr_zoo's p_classical."""
     hr, seg = pool.crops(n, size, g, with_segments=True)
     lr_strength, hr = diff.degrade * float(torch.rand((), generator=g)), hr.to(device)
     sr, member = sr_zoo(hr, diff.artifact, g, lr_strength, sr_models, with_member=True, **zoo_kw)
