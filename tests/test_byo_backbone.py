@@ -1,5 +1,6 @@
 """Real models from local paths, on tiny random transformers models the tests build and save themselves: a
-CLIP vision tower as the RM's encoder (backbone.py, train_rm --backbone=clip:DIR). Random weights: these
+CLIP vision tower as the RM's encoder (backbone.py, train_rm --backbone=clip:DIR) and DINOv2 as the label
+function's φ (the wrapper metrics.py's comment gives, plugged in with metrics.set_phi). Random weights: these
 pin the plumbing (shapes, checkpoints, freezing, gradients, errors), never the quality of a real CLIP."""
 
 import json
@@ -15,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 from test_rl import TINY_RM  # noqa: E402  (after the skip: nothing here runs without transformers)
 
 import backbone  # noqa: E402
+import metrics  # noqa: E402
 import train_rm  # noqa: E402
 import validation  # noqa: E402
 from config import ConfigError  # noqa: E402
@@ -150,3 +152,60 @@ def test_backbone_errors_are_one_line(clip_dir, rm_dir, tmp_path, monkeypatch):
 def test_even_layers():
     assert backbone.even_layers(12, 4) == (3, 6, 9, 12) and backbone.even_layers(24, 4) == (6, 12, 18, 24)
     assert backbone.even_layers(4, 4) == (1, 2, 3, 4) and backbone.even_layers(12, 3) == (4, 8, 12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# DINOv2 as the label function's φ: the wrapper of metrics.py's comment (its transformers variant), verbatim.
+
+
+class DinoPhi(torch.nn.Module):  # images in [0, 1] -> (B, C, h, w) patch features
+    def __init__(self, net):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        H, W = x.shape[-2] // 14 * 14, x.shape[-1] // 14 * 14  # ViT-14: whole patches only
+        x = (x[..., :H, :W] - self.mean) / self.std
+        tok = self.net(pixel_values=x).last_hidden_state[:, 1:]  # (B, h*w, C), CLS dropped
+        return tok.transpose(1, 2).reshape(x.shape[0], -1, H // 14, W // 14)
+
+
+@pytest.fixture
+def reset_phi():
+    norm = metrics.NORM
+    yield
+    metrics.set_phi(None, norm=norm)  # never leak a φ into other tests
+
+
+def test_dinov2_phi_from_a_local_snapshot_gives_label_maps(tmp_path, reset_phi):
+    src = open(metrics.__file__).read()  # the recipe this test follows is the one metrics.py documents
+    assert "self.net(pixel_values=x).last_hidden_state[:, 1:]" in src and "AutoModel.from_pretrained" in src
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=14,
+        image_size=56,
+    )  # fmt: skip
+    transformers.Dinov2Model(cfg).save_pretrained(tmp_path / "dinov2")
+    dino = transformers.AutoModel.from_pretrained(str(tmp_path / "dinov2"))  # as the comment loads it
+    metrics.set_phi(DinoPhi(dino), norm=0.5)
+    ref = torch.rand(2, 3, 56, 70)
+    x = ref.clone()
+    x[:, :, :14, :14] = torch.rand(2, 3, 14, 14)  # one changed patch
+    M = metrics.label_map(x, ref)
+    assert M.shape == (2, 1, 56, 70) and 0 <= float(M.min()) <= float(M.max()) <= 1
+    assert M[:, :, :14, :14].mean() > 2 * M[:, :, 28:, 28:].mean()  # higher where the image changed
+    assert metrics.label_map(ref, ref).abs().max() < 1e-5  # identical images: no degradation
+    metrics.set_phi(None, norm=metrics.DEFAULT_NORM)
+    assert metrics.PHI is None
+
+
+def test_register_tokens_follow_cls_as_metrics_comment_says():
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, patch_size=14,
+        image_size=56, num_register_tokens=4,
+    )  # fmt: skip
+    tok = transformers.Dinov2WithRegistersModel(cfg)(pixel_values=torch.rand(1, 3, 56, 42)).last_hidden_state
+    assert tok.shape[1] == 1 + 4 + 4 * 3  # CLS, the registers, then the 4 × 3 patches: [:, 1 + 4:] are these
