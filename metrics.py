@@ -77,6 +77,8 @@ def texture_energy(x: torch.Tensor) -> torch.Tensor:
 #             x = (x[..., :H, :W] - self.mean) / self.std
 #             tok = self.net.forward_features(x)["x_norm_patchtokens"]   # (B, h*w, C)
 #             # (transformers: tok = self.net(pixel_values=x).last_hidden_state[:, 1:], dropping CLS)
+#             # (register tokens follow CLS in *-with-registers and DINOv3 (patch 16): drop them too,
+#             #  [:, 1 + net.config.num_register_tokens:], or the reshape below silently mixes them in)
 #             return tok.transpose(1, 2).reshape(x.shape[0], -1, H // 14, W // 14)
 #     metrics.set_phi(DinoPhi(dino).to(device), norm=0.5)   # norm: re-calibrated for your φ as NORM below was
 

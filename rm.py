@@ -50,6 +50,8 @@ class RMConfig:
     # The map statistics' logit weights want to be large (w ≈ −15: a 3 % change of mean(M) moves the logit
     # ~0.5), but Adam moves a weight by ~lr per step at any scale. A fixed gain: same function, 20× faster.
     stats_gain: float = 20.0
+    backbone: str = "conv"  # conv: the encoder below; clip:DIR: a frozen local CLIP's layers (backbone.py)
+    layers: tuple = ()  # with clip: the hidden states that give f_0 … f_N (evenly spaced when empty)
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -86,8 +88,15 @@ class FinPercepRM(nn.Module):
         # energies (φ without a reference), where a ratio across scales is one linear filter away: blur,
         # noise, halos. From RGB alone they take more steps than a CPU budget has (docs/experiments.md).
         c_in = 3 + (N_TEXTURE if cfg.texture_input else 0)
-        self.stem = conv_block(c_in, w[0], cfg.groups, n=1)
-        self.down = nn.ModuleList(conv_block(w[i - 1], w[i], cfg.groups, stride=2) for i in range(1, N + 1))
+        if cfg.backbone == "conv":
+            self.stem = conv_block(c_in, w[0], cfg.groups, n=1)
+            self.down = nn.ModuleList(
+                conv_block(w[i - 1], w[i], cfg.groups, stride=2) for i in range(1, N + 1)
+            )
+        else:  # a pretrained encoder giving the same f_0 … f_N; imported here: transformers only when asked
+            from backbone import make_encoder
+
+            self.encoder = make_encoder(cfg)  # also records its path and layers in cfg, hence in rm.json
         # Decoder level j (1..k), FPN style at f_{N-j}'s size: 1x1 lateral conv (cheap, at the coarse size),
         # up ×2, + skip f_{N-j}, 3x3 convs (one at full res). Adding, not concatenating, halves their input.
         self.lateral = nn.ModuleList(nn.Conv2d(w[N - j + 1], w[N - j], 1) for j in range(1, k + 1))
@@ -128,12 +137,15 @@ class FinPercepRM(nn.Module):
         native resolution (B,1,H/2**(N-k),W/2**(N-k)) where L_map compares; both None at stage 0."""
         self.check(images)
         N, k = self.n_stages, self.stage
-        x = images * 2 - 1  # centre the [0, 1] input
-        if self.cfg.texture_input:  # log energies, shifted/scaled to about [-1, 1] (energies span 0.01–0.5)
-            x = torch.cat([x, (torch.log(texture_energy(images) + 0.01) + 3.0) / 1.5], dim=1)
-        feats = [self.stem(x)]
-        for level in self.down:
-            feats.append(level(feats[-1]))
+        if self.cfg.backbone != "conv":  # backbone.py: f_0 … f_N of the same strides and widths
+            feats = self.encoder(images)
+        else:
+            x = images * 2 - 1  # centre the [0, 1] input
+            if self.cfg.texture_input:  # log energies, shifted/scaled to about [-1, 1] (they span 0.01–0.5)
+                x = torch.cat([x, (torch.log(texture_energy(images) + 0.01) + 3.0) / 1.5], dim=1)
+            feats = [self.stem(x)]
+            for level in self.down:
+                feats.append(level(feats[-1]))
         f_N = feats[-1]
         h = self.fc_global(f_N.mean(dim=(2, 3)))  # pool(f_N): global average pooling
         dmap = logits = None

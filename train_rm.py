@@ -4,6 +4,7 @@
     python train_rm.py --base=none --preset=scratch     # RM_0 too, from nothing (the pre-base recipe)
     python train_rm.py --preset=pretrain --out_dir=out/base   # the base itself (weights/rm_base: ~1 h)
     python train_rm.py --policy=out/rl/policy_sft       # + the SFT policy's own samples in the SR zoo
+    python train_rm.py --backbone=clip:DIR --preset=scratch   # on a frozen local CLIP's layers (backbone.py)
     python train_rm.py --device=cuda --preset=gpu       # a real run on one GPU
     torchrun --standalone --nproc_per_node=8 train_rm.py --preset=gpu    # 8 GPUs (DDP; effective batch ×8)
     python train_rm.py --resume                         # continue an interrupted run in --out_dir
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import backbone
 import config
 import data
 import images
@@ -53,6 +55,8 @@ class Config:
     resume: bool = False  # continue from out_dir/state.pt
     # The pretrained base: a train_rm out_dir whose stages this run's start from (its RM_0 is S_base).
     base: str = "weights/rm_base"  # none = from scratch; a relative path missing here is read from the repo
+    # The encoder: the RM's own convs, or a frozen local CLIPVisionModel's layers (backbone.py): no base.
+    backbone: str = "conv"  # conv | clip:DIR, a local CLIP snapshot (needs --base=none: --preset=scratch)
     n_stages: int = 3  # N: RM_0 … RM_N; each later stage adds one finer decoder level
     widths: tuple = (12, 24, 48, 96)  # encoder widths (stem + N levels); total stride 2**N = 8
     crop: int = 64  # HR crop size (the acceptance checks use 64×64)
@@ -145,7 +149,8 @@ def main(cfg: Config) -> str:
     if base is not None:
         model = copy.deepcopy(base).requires_grad_(True)
     else:
-        model = rm.FinPercepRM(rm.RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0)).to(dev)
+        arch = rm.RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0, backbone=cfg.backbone)
+        model = rm.FinPercepRM(arch).to(dev)
     nan, t0, commit = rundir.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
     opt, stage, resume_at = None, start_stage, start_step  # where a Ctrl-C would continue from
     save = lambda: rundir.save_state(cfg.out_dir, stage=stage, step=resume_at, rows=json.dumps(rows),
@@ -280,6 +285,9 @@ def base_dir(cfg) -> str:
 
 def load_base(cfg, dev):
     """The base's RM_0, frozen: S_base (None for --base=none, when RM_0 is trained here and becomes it)."""
+    if backbone.check(cfg.backbone) and cfg.base != "none":  # the shipped base has the conv encoder
+        raise config.ConfigError(f"--backbone={cfg.backbone} has no pretrained base: pass --base=none"
+                                 " (and RM_0 steps, e.g. --preset=scratch)")  # fmt: skip
     if cfg.base == "none":
         if cfg.stage_steps[0] == 0:
             raise config.ConfigError("--base=none trains RM_0 here: give it steps, e.g. --preset=scratch")
