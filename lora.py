@@ -11,9 +11,9 @@ peft (requirements-models.txt) makes the layers; this file chooses where they go
 - Where (TARGETS): the attention projections to_q, to_k, to_v, to_out.0 of every diffusers Attention block
   (self- and cross-attention; what DDPO adapts in Stable Diffusion), and conv1 / conv2, the two 3×3
   convolutions of every ResnetBlock2D. The convolutions are needed here: the pixel policy has no attention at
-  all, and in the LDM and SD UNets the resnets hold most of the weights. Not adapted: conv_in / conv_out (the
-  task's input and output channels: 6 in, 3 out, where rank 4 is no longer low), the 1×1 shortcuts and
-  the up/down-samplers, the time embedding, norms and biases. Chosen by layer name, so any diffusers UNet
+  all, and in every UNet here the resnets hold a large share of the weights. Not adapted: conv_in / conv_out
+  (a few channels in and out, e.g. 6 and 3, where rank 4 is not low), the 1×1 shortcuts, the up- and
+  down-samplers, the time embedding, norms and biases. Chosen by layer name, so any diffusers UNet
   (UNet2DModel, UNet2DConditionModel) works; peft matches a name or its last dotted parts.
 - Rank r = --lora_rank, α = r (scale 1: the update is B A itself), dropout 0 (RL's log-probs and PPO
   ratios must come from the same deterministic network). peft's init: A Kaiming-uniform, B = 0, so the
@@ -160,7 +160,9 @@ def save(policy, path: str) -> None:
 def _meta(path: str) -> dict:
     """policy.json of a LoRA directory, with the base checked to exist (one line when it is gone)."""
     meta = read_kind(path, "policy", FIX)
-    base = meta.get("lora", {}).get("base")
+    if "lora" not in meta or not os.path.isfile(os.path.join(path, WEIGHTS)):
+        raise ConfigError(f"'{path}' is not a LoRA policy directory (no {WEIGHTS}): a plain policy already")
+    base = meta["lora"].get("base")
     if not base or not os.path.isdir(base):
         raise ConfigError(
             f"'{path}' holds LoRA adapters over '{base}', which does not exist; put the base back there"

@@ -90,7 +90,7 @@ class Config:
     sigma_min: float = 0.05  # σ floor: DDIM steps with a smaller std are never trained
     eta: float = 1.0  # DDIM eta: 1 = every step a full Gaussian (DDPO's choice)
     lr: float = 1e-4  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA)
-    lora_lr: float = 1e-3  # AdamW on the adapters instead, with --lora_rank > 0 (lora.py says why 10×)
+    lora_lr: float = 1e-3  # RL with --lora_rank > 0: AdamW on the adapters at this (10× --lr: lora.py)
     grad_clip: float = 1.0  # global grad-norm clip
     adv_clip: float = 5.0  # advantages clipped to ±5 (DDPO)
     ppo_clip: float = 1e-4  # PPO clip of the per-sample ratio (DDPO); binds only when ppo_epochs > 1

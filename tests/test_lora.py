@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from test_byo_ldm import ldm_dir  # noqa: F401  (a fixture: its tiny LDM SR pipeline)
 from test_rl import TINY_RL
 from test_robust import crash_at, rows
 
@@ -208,6 +209,8 @@ def test_lora_policy_saves_adapters_alone_and_loads_back_to_the_same_samples(pef
     (gone / "policy.json").write_text(json.dumps({**meta, "lora": {**meta["lora"], "base": "/nowhere"}}))
     with pytest.raises(ConfigError, match="over '/nowhere', which does not exist"):
         load_policy(str(gone))
+    with pytest.raises(ConfigError, match="is not a LoRA policy directory"):  # nothing to merge
+        lora.export(base, str(tmp_path / "merged"))
 
 
 def test_merged_export_gives_the_adapted_samples(peft, dirs, tmp_path):
@@ -288,3 +291,27 @@ def test_without_peft_rank_0_runs_and_rank_4_is_one_line(dirs):
     )
     with pytest.raises(SystemExit, match="--lora_rank=-1 is not allowed"):
         config.parse(train_rl.Config, ["--lora_rank=-1"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The LDM SR policy (a UNet2DModel in VQ latent space): the same round trip, and the merged export is again
+# an LDMSuperResolutionPipeline directory
+
+
+def test_lora_on_the_ldm_policy_round_trips_and_exports_a_pipeline(peft, request, tmp_path):
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
+        LDMSuperResolutionPipeline,
+    )
+
+    ldm = request.getfixturevalue("ldm_dir")  # test_byo_ldm's tiny pipeline, saved bare (no policy.json)
+    policy = adapted_policy(ldm)
+    path, out = str(tmp_path / "lora"), str(tmp_path / "merged")
+    save_policy(policy, path)
+    assert sorted(os.listdir(path)) == ["adapter_model.safetensors", "policy.json"]
+    lr = torch.rand(1, 3, 8, 8, generator=gen(8))
+    want = policy.sample(lr, generator=gen(9))
+    loaded = load_policy(path)
+    assert loaded.cfg.space == "latent" and torch.equal(loaded.sample(lr, generator=gen(9)), want)
+    lora.export(path, out)
+    torch.testing.assert_close(load_policy(out).sample(lr, generator=gen(9)), want, atol=1e-5, rtol=0)
+    assert LDMSuperResolutionPipeline.from_pretrained(out).vqvae is not None
