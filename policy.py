@@ -342,6 +342,10 @@ def save_policy(policy: Policy, path: str) -> None:
     """Write <path>/ atomically (temp dir, then rename): the weights in diffusers' layout (the space's save:
     unet/ + scheduler/, or a whole LDM pipeline) and policy.json, which says its kind."""
     check_finite(policy.unet, f"the policy for {path}", "lower the learning rate")  # NaN: never written
+    if getattr(policy.unet, "lora_spec", None):  # LoRA (lora.py): its adapters + policy.json naming the base
+        import lora  # never at module level: peft is optional, and lora.py never imports this file
+
+        return lora.save(policy, path)
     with atomic_dir(path) as tmp:
         policy.space.save(tmp, policy.unet, policy.scheduler)
         write_json(os.path.join(tmp, "policy.json"), {"kind": "policy", **dataclasses.asdict(policy.cfg)})
@@ -352,6 +356,10 @@ def load_policy(path: str, device=None) -> Policy:
 
     Every kind is recognised by its files: policy.json (ours, pixel or latent space), or a bare diffusers
     LDMSuperResolutionPipeline directory (model_index.json, or unet/ + vqvae/), loaded by ldm.py."""
+    if os.path.isfile(os.path.join(path, "adapter_model.safetensors")):  # LoRA adapters over a base policy
+        import lora  # lora.py loads the base with load_policy, then puts the adapters back on top
+
+        return lora.load(path, load_policy, device)
     meta = None if _bare(path) else read_kind(path, "policy", POLICY_FIX)
     if meta is None or meta.get("space") == "latent":
         import ldm  # only for latent policies: the pixel policy needs nothing beyond diffusers' UNet

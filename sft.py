@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import config
 import data
+import lora
 import rundir
 import scale
 import validation
@@ -47,9 +48,10 @@ def train_sft(cfg, pool, dev, log, st=None):
             residual_scale=estimate_residual_scale(lr, hr), block_out_channels=cfg.unet_channels,
             layers_per_block=cfg.unet_layers, steps=cfg.sample_steps, eta=cfg.eta,  # sample as RL will
         ))  # fmt: skip
+    params = lora.adapt(policy, cfg.lora_rank, cfg.init_policy)  # --lora_rank > 0: the adapters alone train
     scale.for_training(policy.to(dev).train(), dev, cfg)  # bf16 / NHWC / compile / DDP, never saved
     torch.manual_seed(config.seed("sft/global", cfg.seed, rank))  # sft_loss's t and noise differ per rank
-    params, fused = policy.unet.parameters(), dev.type == "cuda"  # fused AdamW: one kernel on CUDA
+    fused = dev.type == "cuda"  # fused AdamW: one kernel on CUDA
     opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=1e-4, fused=fused)
     start = 0
     if st is not None and st.get("phase") == "sft":  # --resume: weights and AdamW moments; data needs none
@@ -108,5 +110,10 @@ def anchor(cfg, dev):
     policy_sft before the barrier); None when beta_kl is 0."""
     if cfg.beta_kl <= 0:
         return None
-    ref = freeze(load_policy(cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft"), dev))
+    ref = freeze(load_policy(start_dir(cfg), dev))
     return scale.speed(ref, scale.amp_dtype(cfg.amp), cfg.channels_last)
+
+
+def start_dir(cfg) -> str:
+    """The directory RL starts from (its KL anchor, its LoRA base): --init_policy, or the SFT policy."""
+    return cfg.init_policy or os.path.join(cfg.out_dir, "policy_sft")

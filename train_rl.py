@@ -29,6 +29,7 @@ from tqdm import tqdm
 import config
 import data
 import images
+import lora
 import rundir
 import scale
 import sft
@@ -50,6 +51,7 @@ class Config:
     preset: str = "cpu"  # cpu | gpu
     resume: bool = False  # continue from out_dir/state.pt (SFT or RL, whichever was running)
     init_policy: str = ""  # policy or LDM SR pipeline dir: RL starts here (with --sft_only: SFT does)
+    lora_rank: int = 0  # > 0: train rank-R LoRA adapters, the UNet frozen (lora.py); 0: the whole UNet
     sft_only: bool = False  # stop after the SFT warm start
     rm_dir: str = "out/rm"  # train_rm.py's out_dir: rm_stage0 … rm_stageN
     algo: str = "pg"  # pg (policy gradient with map-based local penalties) | refl (the paper's)
@@ -88,6 +90,7 @@ class Config:
     sigma_min: float = 0.05  # σ floor: DDIM steps with a smaller std are never trained
     eta: float = 1.0  # DDIM eta: 1 = every step a full Gaussian (DDPO's choice)
     lr: float = 1e-4  # AdamW on the whole UNet (DDPO: 3e-4 on LoRA)
+    lora_lr: float = 1e-3  # RL with --lora_rank > 0: AdamW on the adapters at this (10× --lr: lora.py)
     grad_clip: float = 1.0  # global grad-norm clip
     adv_clip: float = 5.0  # advantages clipped to ±5 (DDPO)
     ppo_clip: float = 1e-4  # PPO clip of the per-sample ratio (DDPO); binds only when ppo_epochs > 1
@@ -123,6 +126,7 @@ class Config:
             lam_lr=c.at_least(0), refl_last=c.at_least(1), ckpt_every=c.at_least(1),
             blend=c.at_least(0), coevolve_every=c.at_least(1), coevolve_steps=c.at_least(1),
             coevolve_lr=c.POSITIVE, coevolve=((lambda v: not v or self.reward == "rm"), "needs --reward=rm"),
+            lora_rank=(lora.rank_ok, "use 0 (full fine-tuning) or a LoRA rank ≥ 1"), lora_lr=c.POSITIVE,
         )  # fmt: skip
 
 
@@ -227,10 +231,11 @@ def main(cfg: Config) -> str:
     source = make_source(cfg.reward, coevo.rms if coevo else rms, cfg)
     policy.cfg.steps, policy.cfg.eta = cfg.sample_steps, cfg.eta  # saved in policy.json: upscale's defaults
     ref = sft.anchor(cfg, dev)  # the KL anchor: a frozen copy of the starting policy, when beta_kl > 0
+    params = lora.adapt(policy, cfg.lora_rank, sft.start_dir(cfg), cfg.lora_lr)  # LoRA: adapters only
     scale.for_training(policy.train(), dev, cfg)  # bf16 / NHWC / compile / DDP, as the flags ask
     torch.manual_seed(config.seed("rl/global", cfg.seed, rank))  # sft_loss's draws differ per rank
     sched = Schedule(cfg.curriculum, source.n_stages, cfg.steps, blend=cfg.blend, switch=cfg.switch)
-    opt = torch.optim.AdamW(policy.unet.parameters(), lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=dev.type == "cuda")
     start = resume(st, policy, opt, sched, coevo, main_rank)  # the refreshed RMs load in place
     nan, update = rundir.NanGuard("RL"), pg_update if cfg.algo == "pg" else refl_update
     # The batches: drawn on the CPU from (seed, step, rank), one step ahead in a thread on CUDA (prefetch).
@@ -272,8 +277,7 @@ def main(cfg: Config) -> str:
                 sched.update(step, float(stats["reward"]))
             #### LOG: what was optimised, RM_N's view, the gold judge — hacking shows as reward up, gold not
             row = log_row(step, stage, weights, stats, share)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            print(json.dumps(row), file=log, flush=True)
             bar.set_postfix(stage=stage, r=f"{row['reward']:.3f}", rN=f"{row['reward_final']:.3f}",
                             gold=f"{row['gold']:.3f}")  # fmt: skip
             if resume_at % cfg.ckpt_every == 0:
