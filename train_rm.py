@@ -149,8 +149,7 @@ def main(cfg: Config) -> str:
     if base is not None:
         model = copy.deepcopy(base).requires_grad_(True)
     else:
-        arch = rm.RMConfig(widths=cfg.widths, n_stages=cfg.n_stages, stage=0, backbone=cfg.backbone)
-        model = rm.FinPercepRM(arch).to(dev)
+        model = rm.FinPercepRM(rm.RMConfig(cfg.widths, cfg.n_stages, 0, backbone=cfg.backbone)).to(dev)
     nan, t0, commit = rundir.NanGuard("train_rm"), time.time(), rundir.git_commit()  # the run's code
     opt, stage, resume_at = None, start_stage, start_step  # where a Ctrl-C would continue from
     save = lambda: rundir.save_state(cfg.out_dir, stage=stage, step=resume_at, rows=json.dumps(rows),
