@@ -129,8 +129,9 @@ class Policy(nn.Module):
         """The UNet forward, under bf16 autocast when self.amp is set. Its output is cast back to fp32, so
         the DDIM mean, the Gaussian log-probs and the PPO ratios are always computed in full precision
         (bf16 has 8 mantissa bits: a log-prob of a 64×64 image summed in bf16 would be mostly rounding)."""
+        kw = self.space.unet_kwargs(x) if hasattr(self.space, "unet_kwargs") else {}  # sd_upscale.py's
         with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            return self.__dict__.get("_ddp", self.unet)(x, t).sample.float()  # _ddp: scale.distribute
+            return self.__dict__.get("_ddp", self.unet)(x, t, **kw).sample.float()  # _ddp: scale.distribute
 
     # ------------------------------------------------------------------------------------------------
     # One DDIM step as a Gaussian: the single function behind sampling, stored and recomputed log-probs.
@@ -344,7 +345,8 @@ def save_policy(policy: Policy, path: str) -> None:
     check_finite(policy.unet, f"the policy for {path}", "lower the learning rate")  # NaN: never written
     with atomic_dir(path) as tmp:
         policy.space.save(tmp, policy.unet, policy.scheduler)
-        write_json(os.path.join(tmp, "policy.json"), {"kind": "policy", **dataclasses.asdict(policy.cfg)})
+        meta = {"kind": "policy", **dataclasses.asdict(policy.cfg), **getattr(policy.space, "meta", {})}
+        write_json(os.path.join(tmp, "policy.json"), meta)  # space.meta: what a space adds (sd_upscale.py)
 
 
 def load_policy(path: str, device=None) -> Policy:
