@@ -18,6 +18,7 @@ model's latent space (ldm.LatentSpace); the sampler and the log-probs do not cha
 """
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -337,6 +338,8 @@ def make_policy(cfg: PolicyConfig = None) -> Policy:
 
 
 POLICY_FIX = "python train_rl.py --sft_only"  # the command that makes a policy directory
+# A bare diffusers pipeline directory (no policy.json): its model_index.json class → the space it loads into
+PIPELINES = {"LDMSuperResolutionPipeline": "latent", "StableDiffusionUpscalePipeline": "sd_x4"}
 
 
 def save_policy(policy: Policy, path: str) -> None:
@@ -352,13 +355,19 @@ def save_policy(policy: Policy, path: str) -> None:
 def load_policy(path: str, device=None) -> Policy:
     """Load a policy directory (on CPU unless `device` is given); a wrong directory is a one-line error.
 
-    Every kind is recognised by its files: policy.json (ours, pixel or latent space), or a bare diffusers
+    Every kind is recognised by its files: policy.json (ours), a bare SD ×4 upscaler (sd_upscale.py) or
     LDMSuperResolutionPipeline directory (model_index.json, or unet/ + vqvae/), loaded by ldm.py."""
     meta = None if _bare(path) else read_kind(path, "policy", POLICY_FIX)
-    if meta is None or meta.get("space") == "latent":
+    kind = meta.get("space") if meta else _bare(path)  # a bare pipeline's: latent (LDM) or sd_x4 (SD ×4)
+    if kind == "sd_x4":  # the SD ×4 upscaler: its text encoder needs transformers (requirements-models.txt)
+        import sd_upscale
+
+        unet, scheduler, space, fields = sd_upscale.load_sd(path)
+    elif kind == "latent":
         import ldm  # only for latent policies: the pixel policy needs nothing beyond diffusers' UNet
 
         unet, scheduler, space, fields = ldm.load_ldm(path)
+    if kind in ("latent", "sd_x4"):
         cfg = PolicyConfig(**{**_fields(meta or {}), **fields})  # K and eta from policy.json, if any
         return Policy(cfg, unet, scheduler, space).to(device or "cpu").eval()
     with loading(path, POLICY_FIX):  # a truncated safetensors or a mismatched config: one line
@@ -369,17 +378,27 @@ def load_policy(path: str, device=None) -> Policy:
         return Policy(cfg, unet, scheduler).to(device or "cpu").eval()
 
 
-def _bare(path: str) -> bool:
-    """A directory without our JSON: a diffusers pipeline, or a one-line error when it is none we know."""
+def _bare(path: str) -> str:
+    """A directory without our JSON: the space of the diffusers pipeline it holds, "latent" (LDM) or "sd_x4"
+    (SD ×4 upscaler), or a one-line error when it is none we know; "" for ours."""
     ours = any(os.path.isfile(os.path.join(path, f)) for f in ("policy.json", "rm.json"))
     if not os.path.isdir(path) or ours:
-        return False  # read_kind's errors: no such directory, or an RM checkpoint
+        return ""  # read_kind's errors: no such directory, or an RM checkpoint
     index = os.path.join(path, "model_index.json")
-    if os.path.isfile(index) or all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae")):
-        return True
+    if os.path.isfile(index):  # its class says which: another kind of pipeline is a one-line error
+        with loading(path, POLICY_FIX), open(index) as f:
+            name = json.load(f).get("_class_name")
+        if name not in PIPELINES:
+            raise ConfigError(
+                f"'{path}' holds a {name}, not an {' or a '.join(PIPELINES)} (LDM or SD ×4 upscaler);"
+                f" make a policy with `{POLICY_FIX}`"
+            )
+        return PIPELINES[name]
+    if all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae")):
+        return "latent"
     raise ConfigError(
-        f"'{path}' is neither a policy directory (policy.json) nor an LDMSuperResolutionPipeline"
-        f" directory (model_index.json, unet/, vqvae/, scheduler/); make a policy with `{POLICY_FIX}`"
+        f"'{path}' is neither a policy directory (policy.json) nor an LDM or SD ×4 upscaler pipeline"
+        f" directory (model_index.json, unet/, ...); make a policy with `{POLICY_FIX}`"
     )
 
 
