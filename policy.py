@@ -18,6 +18,7 @@ model's latent space (ldm.LatentSpace); the sampler and the log-probs do not cha
 """
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -129,8 +130,9 @@ class Policy(nn.Module):
         """The UNet forward, under bf16 autocast when self.amp is set. Its output is cast back to fp32, so
         the DDIM mean, the Gaussian log-probs and the PPO ratios are always computed in full precision
         (bf16 has 8 mantissa bits: a log-prob of a 64×64 image summed in bf16 would be mostly rounding)."""
+        kw = self.space.unet_kwargs(x) if hasattr(self.space, "unet_kwargs") else {}  # sd_upscale.py's
         with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            return self.__dict__.get("_ddp", self.unet)(x, t).sample.float()  # _ddp: scale.distribute
+            return self.__dict__.get("_ddp", self.unet)(x, t, **kw).sample.float()  # _ddp: scale.distribute
 
     # ------------------------------------------------------------------------------------------------
     # One DDIM step as a Gaussian: the single function behind sampling, stored and recomputed log-probs.
@@ -336,6 +338,8 @@ def make_policy(cfg: PolicyConfig = None) -> Policy:
 
 
 POLICY_FIX = "python train_rl.py --sft_only"  # the command that makes a policy directory
+# A bare diffusers pipeline directory (no policy.json): its model_index.json class → the space it loads into
+PIPELINES = {"LDMSuperResolutionPipeline": "latent", "StableDiffusionUpscalePipeline": "sd_x4"}
 
 
 def save_policy(policy: Policy, path: str) -> None:
@@ -348,23 +352,30 @@ def save_policy(policy: Policy, path: str) -> None:
         return lora.save(policy, path)
     with atomic_dir(path) as tmp:
         policy.space.save(tmp, policy.unet, policy.scheduler)
-        write_json(os.path.join(tmp, "policy.json"), {"kind": "policy", **dataclasses.asdict(policy.cfg)})
+        meta = {"kind": "policy", **dataclasses.asdict(policy.cfg), **getattr(policy.space, "meta", {})}
+        write_json(os.path.join(tmp, "policy.json"), meta)  # space.meta: what a space adds (sd_upscale.py)
 
 
 def load_policy(path: str, device=None) -> Policy:
     """Load a policy directory (on CPU unless `device` is given); a wrong directory is a one-line error.
 
-    Every kind is recognised by its files: policy.json (ours, pixel or latent space), or a bare diffusers
+    Every kind is recognised by its files: policy.json (ours), a bare SD ×4 upscaler (sd_upscale.py) or
     LDMSuperResolutionPipeline directory (model_index.json, or unet/ + vqvae/), loaded by ldm.py."""
     if os.path.isfile(os.path.join(path, "adapter_model.safetensors")):  # LoRA adapters over a base policy
         import lora  # lora.py loads the base with load_policy, then puts the adapters back on top
 
         return lora.load(path, load_policy, device)
     meta = None if _bare(path) else read_kind(path, "policy", POLICY_FIX)
-    if meta is None or meta.get("space") == "latent":
+    kind = meta.get("space") if meta else _bare(path)  # a bare pipeline's: latent (LDM) or sd_x4 (SD ×4)
+    if kind == "sd_x4":  # the SD ×4 upscaler: its text encoder needs transformers (requirements-models.txt)
+        import sd_upscale
+
+        unet, scheduler, space, fields = sd_upscale.load_sd(path)
+    elif kind == "latent":
         import ldm  # only for latent policies: the pixel policy needs nothing beyond diffusers' UNet
 
         unet, scheduler, space, fields = ldm.load_ldm(path)
+    if kind in ("latent", "sd_x4"):
         cfg = PolicyConfig(**{**_fields(meta or {}), **fields})  # K and eta from policy.json, if any
         return Policy(cfg, unet, scheduler, space).to(device or "cpu").eval()
     with loading(path, POLICY_FIX):  # a truncated safetensors or a mismatched config: one line
@@ -375,17 +386,27 @@ def load_policy(path: str, device=None) -> Policy:
         return Policy(cfg, unet, scheduler).to(device or "cpu").eval()
 
 
-def _bare(path: str) -> bool:
-    """A directory without our JSON: a diffusers pipeline, or a one-line error when it is none we know."""
+def _bare(path: str) -> str:
+    """A directory without our JSON: the space of the diffusers pipeline it holds, "latent" (LDM) or "sd_x4"
+    (SD ×4 upscaler), or a one-line error when it is none we know; "" for ours."""
     ours = any(os.path.isfile(os.path.join(path, f)) for f in ("policy.json", "rm.json"))
     if not os.path.isdir(path) or ours:
-        return False  # read_kind's errors: no such directory, or an RM checkpoint
+        return ""  # read_kind's errors: no such directory, or an RM checkpoint
     index = os.path.join(path, "model_index.json")
-    if os.path.isfile(index) or all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae")):
-        return True
+    if os.path.isfile(index):  # its class says which: another kind of pipeline is a one-line error
+        with loading(path, POLICY_FIX), open(index) as f:
+            name = json.load(f).get("_class_name")
+        if name not in PIPELINES:
+            raise ConfigError(
+                f"'{path}' holds a {name}, not an {' or a '.join(PIPELINES)} (LDM or SD ×4 upscaler);"
+                f" make a policy with `{POLICY_FIX}`"
+            )
+        return PIPELINES[name]
+    if all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae")):
+        return "latent"
     raise ConfigError(
-        f"'{path}' is neither a policy directory (policy.json) nor an LDMSuperResolutionPipeline"
-        f" directory (model_index.json, unet/, vqvae/, scheduler/); make a policy with `{POLICY_FIX}`"
+        f"'{path}' is neither a policy directory (policy.json) nor an LDM or SD ×4 upscaler pipeline"
+        f" directory (model_index.json, unet/, ...); make a policy with `{POLICY_FIX}`"
     )
 
 
