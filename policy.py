@@ -365,17 +365,14 @@ def load_policy(path: str, device=None) -> Policy:
         import lora  # lora.py loads the base with load_policy, then puts the adapters back on top
 
         return lora.load(path, load_policy, device)
-    meta = None if _bare(path) else read_kind(path, "policy", POLICY_FIX)
-    kind = meta.get("space") if meta else _bare(path)  # a bare pipeline's: latent (LDM) or sd_x4 (SD ×4)
-    if kind == "sd_x4":  # the SD ×4 upscaler: its text encoder needs transformers (requirements-models.txt)
+    bare = _bare(path)
+    meta = None if bare else read_kind(path, "policy", POLICY_FIX)
+    kind = meta.get("space", "pixel") if meta else bare  # pixel, latent (ldm.py) or sd_x4 (sd_upscale.py)
+    if kind != "pixel":  # a pretrained model's space, imported only now (sd_x4's text encoder: transformers)
+        import ldm
         import sd_upscale
 
-        unet, scheduler, space, fields = sd_upscale.load_sd(path)
-    elif kind == "latent":
-        import ldm  # only for latent policies: the pixel policy needs nothing beyond diffusers' UNet
-
-        unet, scheduler, space, fields = ldm.load_ldm(path)
-    if kind in ("latent", "sd_x4"):
+        unet, scheduler, space, fields = (ldm.load_ldm if kind == "latent" else sd_upscale.load_sd)(path)
         cfg = PolicyConfig(**{**_fields(meta or {}), **fields})  # K and eta from policy.json, if any
         return Policy(cfg, unet, scheduler, space).to(device or "cpu").eval()
     with loading(path, POLICY_FIX):  # a truncated safetensors or a mismatched config: one line
@@ -392,22 +389,18 @@ def _bare(path: str) -> str:
     ours = any(os.path.isfile(os.path.join(path, f)) for f in ("policy.json", "rm.json"))
     if not os.path.isdir(path) or ours:
         return ""  # read_kind's errors: no such directory, or an RM checkpoint
-    index = os.path.join(path, "model_index.json")
+    index, name = os.path.join(path, "model_index.json"), None
     if os.path.isfile(index):  # its class says which: another kind of pipeline is a one-line error
         with loading(path, POLICY_FIX), open(index) as f:
             name = json.load(f).get("_class_name")
-        if name not in PIPELINES:
-            raise ConfigError(
-                f"'{path}' holds a {name}, not an {' or a '.join(PIPELINES)} (LDM or SD ×4 upscaler);"
-                f" make a policy with `{POLICY_FIX}`"
-            )
-        return PIPELINES[name]
-    if all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae")):
-        return "latent"
-    raise ConfigError(
-        f"'{path}' is neither a policy directory (policy.json) nor an LDM or SD ×4 upscaler pipeline"
-        f" directory (model_index.json, unet/, ...); make a policy with `{POLICY_FIX}`"
-    )
+    elif all(os.path.isdir(os.path.join(path, d)) for d in ("unet", "vqvae")):
+        name = "LDMSuperResolutionPipeline"  # an LDM SR pipeline saved without its index
+    if name not in PIPELINES:
+        known = " or a ".join(PIPELINES)
+        what = f"holds a {name}, not an {known}" if name else "is neither a policy directory"
+        raise ConfigError(f"'{path}' {what} (policy.json, or an LDM or SD ×4 upscaler pipeline:"
+                          f" model_index.json, unet/, ...); make a policy with `{POLICY_FIX}`")  # fmt: skip
+    return PIPELINES[name]
 
 
 def _fields(meta: dict) -> dict:

@@ -276,7 +276,7 @@ def test_wrong_directories_are_one_line_errors(sd_dir, tmp_path, monkeypatch):
     (other / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     err(other, "holds a StableDiffusionPipeline, not an LDMSuperResolutionPipeline or a Stable.*SD ×4")
     (tmp_path / "junk").mkdir()
-    err(tmp_path / "junk", "nor an LDM or SD ×4 upscaler pipeline directory")
+    err(tmp_path / "junk", "neither a policy directory.*LDM or SD ×4 upscaler pipeline")
     (broken("bad_index") / "model_index.json").write_text("{not json")
     err(tmp_path / "bad_index", "could not be loaded")
     for part in ("text_encoder", "tokenizer", "low_res_scheduler", "vae"):
