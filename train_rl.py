@@ -263,7 +263,7 @@ def main(cfg: Config) -> str:
             stats = scale.mean_over_ranks(stats)  # one all-reduce: every rank takes the same decisions
             # The host sync of the step: is it finite? The cause named when not: the reward, or the step size.
             finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(stats["grad_norm"]))
-            cause = "lower --lr or raise --grad_clip"
+            cause = f"lower --{'lora_lr' if cfg.lora_rank else 'lr'} or raise --grad_clip"
             if not finite and not torch.isfinite(stats["reward"]):
                 cause = f"the reward is not finite: check --reward={cfg.reward} (--rm_dir={cfg.rm_dir})"
             resume_at = step + 1
