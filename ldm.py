@@ -93,12 +93,22 @@ def load_ldm(path: str):
             raise ConfigError(f"'{path}' holds a {name}, not an {PIPELINE}; {FIX}")
     unet, vqvae = _load(UNet2DModel, path, "unet"), _load(VQModel, path, "vqvae")
     check_pair(unet, vqvae, path)
+    scheduler = load_rl_scheduler(path, FIX)
+    return unet, scheduler, LatentSpace(vqvae), weights_fields("latent", unet, scheduler)
+
+
+def load_rl_scheduler(path: str, fix: str) -> DDIMScheduler:
+    """path/scheduler's schedule as rl_scheduler's DDIM (the LDM's and the SD ×4 upscaler's loaders)."""
     try:
-        scheduler = rl_scheduler(DDIMScheduler.load_config(os.path.join(path, "scheduler")))
+        return rl_scheduler(DDIMScheduler.load_config(os.path.join(path, "scheduler")))
     except Exception:
-        raise ConfigError(f"'{path}': no readable scheduler/scheduler_config.json; {FIX}") from None
-    fields = {  # what the weights say; steps / eta come from policy.json when there is one
-        "space": "latent",
+        raise ConfigError(f"'{path}': no readable scheduler/scheduler_config.json; {fix}") from None
+
+
+def weights_fields(space: str, unet, scheduler) -> dict:
+    """The PolicyConfig fields a pretrained pipeline's weights fix; steps and eta: policy.json's, if any."""
+    return {
+        "space": space,
         "block_out_channels": tuple(unet.config.block_out_channels),
         "layers_per_block": unet.config.layers_per_block,
         "norm_groups": unet.config.norm_num_groups,
@@ -107,7 +117,6 @@ def load_ldm(path: str):
         "prediction_type": scheduler.config.prediction_type,
         "residual_scale": 1.0,  # pixel space only
     }
-    return unet, scheduler, LatentSpace(vqvae), fields
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -35,11 +35,11 @@ import json
 import os
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from config import ConfigError
-from ldm import rl_scheduler
+from ldm import load_rl_scheduler, weights_fields
 
 PIPELINE = "StableDiffusionUpscalePipeline"  # model_index.json's _class_name for this layout
 FIX = "give a policy directory (python train_rl.py --sft_only) or a StableDiffusionUpscalePipeline directory"
@@ -139,23 +139,10 @@ def load_sd(path: str):
     max_level = int(index.get("max_noise_level", 350))  # the pipeline's own bound (its __init__ default)
     check_parts(unet, vae, text_encoder, noise_level, max_level, path)
     low_res = _load(DDPMScheduler, path, "low_res_scheduler")
-    try:
-        scheduler = rl_scheduler(DDIMScheduler.load_config(os.path.join(path, "scheduler")))
-    except Exception:
-        raise ConfigError(f"'{path}': no readable scheduler/scheduler_config.json; {FIX}") from None
+    scheduler = load_rl_scheduler(path, FIX)  # re-configured for RL (ldm.rl_scheduler)
     text = (tokenizer, text_encoder.requires_grad_(False))
     space = UpscaleSpace(vae, text, low_res, noise_level, seed, max_level)
-    fields = {  # what the weights say; steps / eta come from policy.json when there is one
-        "space": "sd_x4",
-        "block_out_channels": tuple(unet.config.block_out_channels),
-        "layers_per_block": unet.config.layers_per_block,
-        "norm_groups": unet.config.norm_num_groups,
-        "sample_size": unet.config.sample_size,
-        "num_train_timesteps": scheduler.config.num_train_timesteps,
-        "prediction_type": scheduler.config.prediction_type,
-        "residual_scale": 1.0,  # pixel space only
-    }
-    return unet, scheduler, space, fields
+    return unet, scheduler, space, weights_fields("sd_x4", unet, scheduler)
 
 
 # ----------------------------------------------------------------------------------------------------
