@@ -4,7 +4,7 @@
 
 rm.FinPercepRM asks for one when RMConfig.backbone is not "conv" (its own encoder) and feeds what it returns
 to the SAME staged decoder, map head and coupled score: f_0 … f_N, f_i (B, widths[i], H/2**i, W/2**i).
-How a ViT's tokens become that pyramid (the DPT recipe, docs/method.md §1):
+How a ViT's tokens become that pyramid (DPT-style readouts; docs/method.md §3, the backbone):
 
     image (B,3,H,W) in [0,1] ─resize─▶ S×S (CLIP's image_size) ─CLIP mean/std─▶ frozen CLIP ─▶ hidden states
     f_i = resize(Linear_i(LayerNorm_i(h_{layer_i}[patch tokens])) as an S/p × S/p grid, to H/2**i × W/2**i)

@@ -158,7 +158,7 @@ class LatentSpace(nn.Module):
     def save(self, tmp: str, unet, scheduler) -> None:
         """An LDMSuperResolutionPipeline (model_index.json, unet/, vqvae/, scheduler/): diffusers' own
         pipeline loads it; save_policy adds policy.json. Imported from its module path: the top-level
-        diffusers name needs transformers installed, which this project does not."""
+        diffusers name needs transformers, which requirements.txt does not install."""
         from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
             LDMSuperResolutionPipeline,
         )

@@ -12,7 +12,6 @@ toy world (docs/method.md "The honest toy world"): a reward that rises while thi
     q = gold_quality(sr, hr)     # (B,) = 1 − mean(M), higher = better
     psnr_y(sr, hr), ssim_y(sr, hr)   # (B,) each, the classical SR protocol (Y channel, border = scale)
     lr_consistency(sr, lr)       # (B,) |down(SR) − LR|: RL's optional consistency term
-    auroc(map, gold_map > 0.1), spearman(a, b), group_spearman(a, b, G)   # the RM tables' measures
 
 All batched torch, differentiable and device-agnostic: RL calls it every step."""
 

@@ -5,7 +5,7 @@
     loss = policy.sft_loss(hr, lr)                          # supervised warm start (and ReFL's regulariser)
     sr, traj = policy.sample(lr, generator=g, return_traj=True)          # DDPO/GRPO rollouts
     logprob = policy.step_logprob(traj.x[k], traj.x[k + 1], traj.t[k], lr)  # PPO ratios, with grad
-    sr = load_policy("out/rl/policy_final").upscale(lr)     # the design contract: (B,3,h,w) -> (B,3,4h,4w)
+    sr = load_policy("out/rl/policy_final").upscale(lr)     # the contract: (B,3,h,w) -> (B,3,4h,4w)
 
 A diffusers `UNet2DModel` + `DDIMScheduler` that denoises the *residual* x0 = (HR − up(LR)) · residual_scale,
 with the bicubic-upsampled LR as 3 extra input channels. Why it is a policy (docs/method.md §4, DDPO): DDIM
@@ -14,7 +14,7 @@ is a K-step trajectory of Gaussian actions with exact log-probs. The mean is `sc
 std_t = eta · sqrt(scheduler variance): sampler, stored and recomputed (PPO) log-probs share one function.
 Log-probs are kept PER PIXEL (K, B, 3, H, W), so RL can weight each pixel by a local advantage from the
 reward model's degradation map. Where x lives is the policy's *space*: PixelSpace below, or a pretrained
-model's latent space (ldm.LatentSpace); the sampler and the log-probs do not change with it.
+model's latent space (ldm.LatentSpace, sd_upscale.UpscaleSpace); the sampler and the log-probs stay the same.
 """
 
 import dataclasses
@@ -44,7 +44,7 @@ class PolicyConfig:
     # --- the diffusion process
     num_train_timesteps: int = 1000  # the standard DDPM grid; K sampling steps are a trailing subset of it
     prediction_type: str = "sample"  # x0 prediction: epsilon prediction failed to learn at small CPU budgets
-    space: str = "pixel"  # where diffusion runs: pixel | latent (a pretrained LDM SR's VQ space, ldm.py)
+    space: str = "pixel"  # where diffusion runs: pixel | latent (ldm.py) | sd_x4 (sd_upscale.py)
     residual_scale: float = 1.0  # x0 = (HR - up(LR)) * residual_scale; set with estimate_residual_scale()
     # --- sampling defaults (used by sample/upscale when steps/eta are None)
     steps: int = 10  # K: Flow-GRPO trains with 10 steps; short trajectories keep RL rollouts cheap
@@ -72,8 +72,8 @@ def estimate_residual_scale(lr: torch.Tensor, hr: torch.Tensor) -> float:
 
 
 class PixelSpace(nn.Module):
-    """x0 = (HR − up(LR)) · residual_scale at SR size; the UNet sees up(LR) as 3 extra input channels. The
-    only part of the policy that knows where x lives (ldm.LatentSpace is the other one)."""
+    """x0 = (HR − up(LR)) · residual_scale at SR size; the UNet sees up(LR) as 3 extra input channels. A
+    space is what knows where x lives (the others: ldm.LatentSpace, sd_upscale.UpscaleSpace)."""
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()

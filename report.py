@@ -150,8 +150,8 @@ def arm_measures(per: dict, sft, run_dir, acfg) -> dict:
 
 
 def load_iqa(dev):
-    """pyiqa's LPIPS / MUSIQ / MANIQA / CLIPIQA (the paper's metrics, §6) if pyiqa and its weights are
-    present offline; else None and one line saying so. Returns (metrics or None, message)."""
+    """pyiqa's LPIPS / MUSIQ / MANIQA / CLIPIQA (the paper's metrics, docs/method.md §6) if pyiqa and its
+    weights are present offline; else None and one line saying so. Returns (metrics or None, message)."""
     try:
         import pyiqa
 

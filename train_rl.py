@@ -50,7 +50,7 @@ class Config:
     device: str = "auto"  # auto = cuda when present
     preset: str = "cpu"  # cpu | gpu
     resume: bool = False  # continue from out_dir/state.pt (SFT or RL, whichever was running)
-    init_policy: str = ""  # policy or LDM SR pipeline dir: RL starts here (with --sft_only: SFT does)
+    init_policy: str = ""  # policy, LDM SR or SD ×4 upscaler dir: RL starts here (--sft_only: SFT does)
     lora_rank: int = 0  # > 0: train rank-R LoRA adapters, the UNet frozen (lora.py); 0: the whole UNet
     sft_only: bool = False  # stop after the SFT warm start
     rm_dir: str = "out/rm"  # train_rm.py's out_dir: rm_stage0 … rm_stageN
@@ -247,7 +247,7 @@ def main(cfg: Config) -> str:
     save = lambda: save_state(cfg, resume_at, policy, opt, sched, coevo)
     with rundir.saved_on_interrupt(save, lambda: f"RL step {resume_at}"):
         for step, batch in bar:
-            #### CURRICULUM: which reward stage(s), with which weights (curriculum.Schedule, method §5)
+            #### CURRICULUM: which reward stage(s) with which weights (curriculum.Schedule, docs/method.md §5)
             stage, weights = sched.stage_at(step), sched.at(step)
             if step > 0 and stage != sched.stage_at(step - 1) and main_rank:  # a switch: checkpoint first
                 save_policy(policy, os.path.join(cfg.out_dir, f"policy_stage{stage - 1}"))

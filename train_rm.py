@@ -111,8 +111,8 @@ class Config:
 # GPU presets (train_rl's of the same names): gpu for a run of minutes, gpu_full at 256² (the RL policy's
 # output size) with a 2.7M-param RM; bf16 autocast, channels_last, TF32.
 FAST = {"amp": "bf16", "channels_last": True, "tf32": True}
-# scratch: the recipe before the base (~3 min). pretrain: the base, 15× scratch's steps on augmented crops
-# (how it was made and how long it took: weights/rm_base/rm_stage*/rm.json). The GPU presets' RMs have none.
+# scratch: the recipe before the base (~3 min). pretrain: the base, 50× scratch's RM_0 steps, 10–13× its later
+# stages', on augmented crops (how and how long: weights/rm_base/rm_stage*/rm.json). GPU presets: no base.
 PRESETS = {
     "cpu": {},
     "scratch": {"base": "none", "stage_steps": (120, 60, 60, 150)},
@@ -134,7 +134,7 @@ def main(cfg: Config) -> str:
     scale.fast_math(dev, cfg.tf32)
     #### INPUTS first — the base, data, held-out set, policy samples, resume state — so a run that fails on
     #### them leaves whatever is in out_dir untouched; only then the log (rundir.open_log).
-    base = load_base(cfg, dev)  # S_base: the frozen base, L_align's anchor (method §3); None: trained here
+    base = load_base(cfg, dev)  # S_base: the frozen base, L_align's anchor (docs/method.md §3); None: here
     pool = images.load_pool(cfg.data, "train", cfg.crop)
     pool.augment = cfg.augment  # the RM's crops only: SFT and RL draw theirs from pools of their own
     v = validation.make_val_set(cfg.data, cfg.val_n, cfg.crop, cfg.seed) if main_rank else None
@@ -156,7 +156,7 @@ def main(cfg: Config) -> str:
                                      **({"model": model, "opt": opt} if opt is not None else {}))  # fmt: skip
     with rundir.saved_on_interrupt(save, lambda: f"RM_{stage} step {resume_at}"):
         for stage in range(start_stage, cfg.n_stages + 1):
-            #### GROWTH: RM_k from RM_{k-1}, one finer decoder level, function-preserving (method §5)
+            #### GROWTH: RM_k from RM_{k-1}, one finer decoder level, function-preserving (docs/method.md §5)
             if stage > 0:  # (or the base's own RM_k, when it has one: grown when the base was pretrained)
                 base = base or rm.freeze(rm.load_rm(os.path.join(cfg.out_dir, "rm_stage0"), dev))
                 pre = os.path.join(base_dir(cfg), f"rm_stage{stage}") if cfg.base != "none" else ""

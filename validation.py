@@ -1,6 +1,6 @@
 """Held-out checks: the reward model's validation set and table, the SFT policy's PSNR, and the provenance
-every RM checkpoint records. Measurements of the models, not the method: train_rm.py, sft.py and evaluate.py
-call them at the end of a stage; the method files stay free of them.
+every RM checkpoint records, and what each RL step logs beside its reward. Measurements of the models, not the
+method: train_rm.py, sft.py and evaluate.py call them at the end of a stage, train_rl.py every step.
 
     v = make_val_set("builtin", 96, 64, seed=0)      # FGR triplets, bicubic upsamples, small artifacts
     row = validate(rm, v)                            # map AUROC, triplet order, S(HR) > S(bicubic), …
