@@ -69,17 +69,19 @@ def check_pair(unet: UNet2DModel, vqvae: VQModel, path: str) -> int:
     return c
 
 
-def _load(cls, path: str, sub: str):
-    """from_pretrained of one component; any failure (missing files, a broken config) is a one-line error.
+def load_part(cls, path: str, sub: str, fix: str = FIX, **kw):
+    """cls.from_pretrained(path/sub, **kw) of one pipeline component (this file's and sd_upscale.py's); any
+    failure (missing files, a broken config) is a one-line error naming the component and `fix`.
 
-    safetensors only: without use_safetensors=True diffusers falls back to a pickled .bin file, and this
+    Models load with use_safetensors=True: without it diffusers falls back to a pickled .bin file, and this
     project never unpickles. A download that has only .bin weights: convert it once yourself
     (docs/your-data.md)."""
     try:
-        return cls.from_pretrained(os.path.join(path, sub), use_safetensors=True)
+        return cls.from_pretrained(os.path.join(path, sub), **kw)
     except Exception as e:  # diffusers raises OSError / ValueError / EnvironmentError with long messages
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"'{path}': cannot load {sub}/ ({msg}); {FIX}") from None
+        hint = "convert .bin weights once (docs/your-data.md), or " if "safetensors" in msg else ""
+        raise ConfigError(f"'{path}': cannot load {sub}/ ({msg}); {hint}{fix}") from None
 
 
 def load_ldm(path: str):
@@ -91,7 +93,8 @@ def load_ldm(path: str):
             name = json.load(f).get("_class_name")
         if name != PIPELINE:
             raise ConfigError(f"'{path}' holds a {name}, not an {PIPELINE}; {FIX}")
-    unet, vqvae = _load(UNet2DModel, path, "unet"), _load(VQModel, path, "vqvae")
+    unet = load_part(UNet2DModel, path, "unet", use_safetensors=True)
+    vqvae = load_part(VQModel, path, "vqvae", use_safetensors=True)
     check_pair(unet, vqvae, path)
     scheduler = load_rl_scheduler(path, FIX)
     return unet, scheduler, LatentSpace(vqvae), weights_fields("latent", unet, scheduler)

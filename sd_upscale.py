@@ -39,7 +39,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from config import ConfigError
-from ldm import load_rl_scheduler, weights_fields
+from ldm import load_part, load_rl_scheduler, weights_fields
 
 PIPELINE = "StableDiffusionUpscalePipeline"  # model_index.json's _class_name for this layout
 FIX = "give a policy directory (python train_rl.py --sft_only) or a StableDiffusionUpscalePipeline directory"
@@ -57,17 +57,6 @@ def _transformers():
             "the SD ×4 upscaler's text encoder needs transformers: pip install -r requirements-models.txt"
         ) from None
     return CLIPTextModel, CLIPTokenizer
-
-
-def _load(cls, path: str, sub: str, **kw):
-    """from_pretrained of one component, safetensors only (this project never unpickles: convert a .bin
-    download once yourself, docs/your-data.md); any failure is a one-line error naming the component."""
-    try:
-        return cls.from_pretrained(os.path.join(path, sub), **kw)
-    except Exception as e:  # OSError / ValueError / EnvironmentError with long messages
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        hint = "convert .bin weights once (docs/your-data.md), or " if "safetensors" in msg else ""
-        raise ConfigError(f"'{path}': cannot load {sub}/ ({msg}); {hint}{FIX}") from None
 
 
 def _json(path: str, name: str) -> dict:
@@ -133,12 +122,13 @@ def load_sd(path: str):
             f"'{path}/policy.json': noise_level and lr_noise_seed must be integers; {FIX}"
         ) from None
     safe = {"use_safetensors": True}  # never a pickled .bin (module docstring)
-    unet, vae = _load(UNet2DConditionModel, path, "unet", **safe), _load(AutoencoderKL, path, "vae", **safe)
-    text_encoder = _load(CLIPTextModel, path, "text_encoder", dtype=torch.float32, **safe).eval()
-    tokenizer = _load(CLIPTokenizer, path, "tokenizer")
+    unet = load_part(UNet2DConditionModel, path, "unet", FIX, **safe)
+    vae = load_part(AutoencoderKL, path, "vae", FIX, **safe)
+    text_encoder = load_part(CLIPTextModel, path, "text_encoder", FIX, dtype=torch.float32, **safe).eval()
+    tokenizer = load_part(CLIPTokenizer, path, "tokenizer", FIX)
     max_level = int(index.get("max_noise_level", 350))  # the pipeline's own bound (its __init__ default)
     check_parts(unet, vae, text_encoder, noise_level, max_level, path)
-    low_res = _load(DDPMScheduler, path, "low_res_scheduler")
+    low_res = load_part(DDPMScheduler, path, "low_res_scheduler", FIX)
     scheduler = load_rl_scheduler(path, FIX)  # re-configured for RL (ldm.rl_scheduler)
     text = (tokenizer, text_encoder.requires_grad_(False))
     space = UpscaleSpace(vae, text, low_res, noise_level, seed, max_level)
