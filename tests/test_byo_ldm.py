@@ -27,7 +27,7 @@ from apply import score
 from config import ConfigError
 from evaluate import Config as EvalConfig
 from policy import load_policy, save_policy
-from rm import FinPercepRM, RMConfig, load_rm, load_stages, save_rm
+from rm import load_rm, load_stages
 
 
 def gen(seed):
@@ -62,16 +62,6 @@ def ldm_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ldm"))
     LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet, scheduler=sched).save_pretrained(out)
     return out
-
-
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    """Four tiny RM stages as train_rm would write them (untrained: only shapes and plumbing matter here)."""
-    out = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    for k in range(4):
-        save_rm(FinPercepRM(RMConfig(widths=(4, 8, 8, 8), stage=k)), str(out / f"rm_stage{k}"))
-    return str(out)
 
 
 def test_diffusers_pipeline_runs_and_our_policy_is_that_pipeline(ldm_dir):
@@ -153,21 +143,30 @@ def test_save_load_round_trip_and_diffusers_loads_ours(ldm_dir, tmp_path):
     assert pipe(lr * 2 - 1, num_inference_steps=2, output_type="pt").images.shape == (1, 3, 32, 32)
 
 
-def test_sft_pg_and_refl_run_on_the_ldm(ldm_dir, rm_dir, tmp_path):
+def sft_pg_and_refl(pretrained: str, space: str, rm_dir: str, tmp_path) -> list:
+    """train_rl's SFT from a pretrained pipeline directory, then 2 pg steps from it and 2 ReFL steps from the
+    SFT policy (also the SD ×4 upscaler's test): every run logs its steps, every saved policy keeps `space`.
+    Returns the two policy_final directories."""
     base = dict(TINY_RL, rm_dir=rm_dir)
     sft_out = str(tmp_path / "sft")  # train_rl's SFT phase, started from the pretrained weights
-    train_rl.main(train_rl.Config(out_dir=sft_out, init_policy=ldm_dir, sft_only=True, **base))
+    train_rl.main(train_rl.Config(out_dir=sft_out, init_policy=pretrained, sft_only=True, **base))
     sft_policy = os.path.join(sft_out, "policy_sft")
-    assert load_policy(sft_policy).cfg.space == "latent"
+    assert load_policy(sft_policy).cfg.space == space
     rows = [json.loads(x) for x in open(os.path.join(sft_out, "metrics.jsonl"))]
     assert rows and all(r["phase"] == "sft" for r in rows)
-    for algo, init in (("pg", ldm_dir), ("refl", sft_policy)):
+    finals = []
+    for algo, init in (("pg", pretrained), ("refl", sft_policy)):
         out = str(tmp_path / algo)
         train_rl.main(train_rl.Config(out_dir=out, init_policy=init, algo=algo, **base))
         rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
         assert [r["step"] for r in rows] == [0, 1] and all(r["reward"] == r["reward"] for r in rows)
-        final = os.path.join(out, "policy_final")
-        assert load_policy(final).cfg.space == "latent"
+        finals.append(os.path.join(out, "policy_final"))
+        assert load_policy(finals[-1]).cfg.space == space
+    return finals
+
+
+def test_sft_pg_and_refl_run_on_the_ldm(ldm_dir, rm_dir, tmp_path):
+    for final in sft_pg_and_refl(ldm_dir, "latent", rm_dir, tmp_path):
         assert LDMSuperResolutionPipeline.from_pretrained(final).vqvae is not None
 
 

@@ -24,15 +24,13 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale impo
     StableDiffusionUpscalePipeline,
 )
 from PIL import Image  # noqa: E402
-from test_rl import TINY_RL  # noqa: E402
+from test_byo_ldm import sft_pg_and_refl  # noqa: E402
 from torch.distributions import Normal  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 import evaluate  # noqa: E402
-import train_rl  # noqa: E402
 from config import ConfigError  # noqa: E402
 from policy import load_policy, save_policy  # noqa: E402
-from rm import FinPercepRM, RMConfig, save_rm  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = [
@@ -108,16 +106,6 @@ def sd_dir(tmp_path_factory):
     pipe.save_pretrained(out)
     shutil.rmtree(out / "tokenizer")  # the real layout: vocab.json + merges.txt, not transformers 5's own
     shutil.copytree(tok, out / "tokenizer")
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    """Four tiny RM stages as train_rm would write them (untrained: only shapes and plumbing matter here)."""
-    out = tmp_path_factory.mktemp("rm")
-    torch.manual_seed(0)
-    for k in range(4):
-        save_rm(FinPercepRM(RMConfig(widths=(4, 8, 8, 8), stage=k)), str(out / f"rm_stage{k}"))
     return str(out)
 
 
@@ -239,20 +227,7 @@ def test_evaluate_upscale_and_score_with_the_sd_policy(sd_dir, rm_dir, tmp_path)
 
 
 def test_sft_pg_and_refl_run_on_the_sd_upscaler(sd_dir, rm_dir, tmp_path):
-    base = dict(TINY_RL, rm_dir=rm_dir)
-    sft_out = str(tmp_path / "sft")  # train_rl's SFT phase, started from the pretrained weights
-    train_rl.main(train_rl.Config(out_dir=sft_out, init_policy=sd_dir, sft_only=True, **base))
-    sft_policy = os.path.join(sft_out, "policy_sft")
-    assert load_policy(sft_policy).cfg.space == "sd_x4"
-    rows = [json.loads(x) for x in open(os.path.join(sft_out, "metrics.jsonl"))]
-    assert rows and all(r["phase"] == "sft" for r in rows)
-    for algo, init in (("pg", sd_dir), ("refl", sft_policy)):
-        out = str(tmp_path / algo)
-        train_rl.main(train_rl.Config(out_dir=out, init_policy=init, algo=algo, **base))
-        rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-        assert [r["step"] for r in rows] == [0, 1] and all(r["reward"] == r["reward"] for r in rows)
-        final = os.path.join(out, "policy_final")
-        assert load_policy(final).cfg.space == "sd_x4"
+    for final in sft_pg_and_refl(sd_dir, "sd_x4", rm_dir, tmp_path):  # test_byo_ldm's runs, on the SD ×4
         assert StableDiffusionUpscalePipeline.from_pretrained(final).text_encoder is not None
 
 
